@@ -1,0 +1,139 @@
+"""The HTTP surface: OpenAI-compatible chat, tier status and control, health, metrics.
+
+Routes are thin: they parse, call the Gateway, and turn `TiergateError`s into
+OpenAI-style JSON in one handler, so every failure looks the same to a client.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from .config import Config
+from .errors import BadRequest, NotFound, PayloadTooLarge, TiergateError, Unauthorized
+from .gateway import Gateway
+
+log = logging.getLogger("tiergate.api")
+
+
+def _error(exc: TiergateError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+def _bearer(request: Request, env: str, what: str) -> None:
+    """Constant-time check of `Authorization: Bearer $ENV`; an unset token disables the route."""
+    expected = os.environ.get(env, "")
+    if not expected:
+        raise Unauthorized(f"{what} is disabled: set {env} on the gateway")
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+        raise Unauthorized(f"{what} needs 'Authorization: Bearer ${env}'")
+
+
+def create_app(cfg: Config, gateway: Gateway | None = None) -> FastAPI:
+    gw = gateway or Gateway(cfg)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.aclose()
+
+    app = FastAPI(title="tiergate", version="0.1.0", lifespan=lifespan, docs_url="/api/docs", redoc_url=None)
+    app.state.gateway = gw
+
+    @app.exception_handler(TiergateError)
+    async def _tiergate_error(request: Request, exc: TiergateError) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(BadRequest(f"invalid request: {exc.errors()[0].get('msg', 'bad input')}"))
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        limit = cfg.gateway.max_body_size
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"request body is {int(declared) / 2**20:.1f} MiB, over the {limit / 2**20:.0f} MiB limit")
+        raw = await request.body()
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"request body is over the {limit / 2**20:.0f} MiB limit")
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise BadRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+        req = await gw.prepare_async(body, len(raw))
+        answer = await gw.answer(req)
+        headers = answer.meta.headers()
+        if answer.chunks is not None:
+            headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
+            return StreamingResponse(answer.chunks, media_type="text/event-stream", headers=headers)
+        return Response(json.dumps(answer.response), media_type="application/json", headers=headers)
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        data = [{"id": "auto", "object": "model", "owned_by": "tiergate", "description": "routed by task and mode"}]
+        data += [
+            {"id": name, "object": "model", "owned_by": "tiergate", "gpu": t.gpu, "model": t.model}
+            for name, t in cfg.tiers.items()
+        ]
+        return {"object": "list", "data": data}
+
+    @app.get("/api/tiers")
+    async def tiers() -> dict:
+        return {"tiers": await gw.tiers_status()}
+
+    @app.post("/api/tiers/{name}/start")
+    async def start_tier(name: str, request: Request) -> dict:
+        _bearer(request, "TIERGATE_ADMIN_TOKEN", "the admin API")
+        _known(name)
+        await gw.lifecycle.admin_start(name, actor=f"admin API from {request.client.host if request.client else '?'}")
+        return {"tier": name, "state": (await gw.state.tier(name)).state}
+
+    @app.post("/api/tiers/{name}/stop")
+    async def stop_tier(name: str, request: Request) -> dict:
+        _bearer(request, "TIERGATE_ADMIN_TOKEN", "the admin API")
+        _known(name)
+        await gw.lifecycle.admin_stop(name, actor=f"admin API from {request.client.host if request.client else '?'}")
+        return {"tier": name, "state": (await gw.state.tier(name)).state}
+
+    @app.post("/api/instances/{instance_id}/ready")
+    async def instance_ready(instance_id: str, request: Request) -> dict:
+        _bearer(request, "TIERGATE_CALLBACK_TOKEN", "the ready callback")
+        if not await gw.lifecycle.instance_ready(instance_id):
+            raise NotFound(f"no instance {instance_id!r} in the config")
+        return {"instance": instance_id, "ok": True}
+
+    @app.get("/api/events")
+    async def events(request: Request, count: int = 100) -> dict:
+        _bearer(request, "TIERGATE_ADMIN_TOKEN", "the admin API")
+        return {"events": await gw.state.events(min(max(count, 1), 1000))}
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        try:
+            await gw.state.redis.ping()
+        except Exception as exc:  # noqa: BLE001 - any failure means we cannot serve
+            return JSONResponse({"ok": False, "error": f"redis: {exc}"}, status_code=503)
+        return JSONResponse({"ok": True})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        body = gw.metrics.render(await gw.tiers_status())
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    def _known(name: str) -> None:
+        if name not in cfg.tiers:
+            raise NotFound(f"no tier {name!r}; tiers: {', '.join(cfg.tiers)}")
+
+    return app

@@ -1,0 +1,32 @@
+"""The one interface every model-server backend implements.
+
+A backend knows how to talk to one kind of worker (an OpenAI-compatible server, the
+upstream Gradio web demo, ...). The gateway only ever speaks OpenAI to its clients, so
+every backend takes an OpenAI chat body and gives back OpenAI JSON or OpenAI SSE bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+
+class Backend(Protocol):
+    async def health(self, base_url: str) -> bool:
+        """True once the worker can answer a request (used to decide `ready`)."""
+        ...
+
+    async def complete(self, base_url: str, body: dict) -> dict:
+        """A non-streamed `chat.completion` object; raises `UpstreamError` on failure."""
+        ...
+
+    def stream(self, base_url: str, body: dict) -> AsyncIterator[bytes]:
+        """OpenAI SSE bytes (`data: {chunk}\\n\\n` ... `data: [DONE]\\n\\n`).
+
+        The first `__anext__` raises `UpstreamError` when the worker refuses the
+        request, so the caller can still answer with a proper status code before any
+        byte of the stream has been sent.
+        """
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,222 @@
+"""Answers keyed by what determines them, so a repeat costs no GPU at all.
+
+The key is the sha256 of canonical JSON of the tier's model, the messages with each
+image or video replaced by the sha256 of its bytes, and every parameter that changes the
+output. Presenters replay prepared answers from here; pinned entries live in a separate
+store that neither TTL nor the size limit touches. diskcache is SQLite underneath, so
+every call runs in a thread to keep the event loop free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import diskcache
+
+from .config import CacheConfig
+
+# Request fields that change what the model says. Everything else (stream, user, ...) does not.
+OUTPUT_PARAMS = (
+    "temperature", "top_p", "top_k", "min_p", "max_tokens", "max_completion_tokens", "seed", "stop", "n",
+    "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "logprobs", "top_logprobs",
+    "response_format", "tools", "tool_choice", "chat_template_kwargs", "enable_thinking",
+)
+
+
+def cache_key(model: str, canonical_messages: list, body: dict) -> str:
+    params = {k: body[k] for k in OUTPUT_PARAMS if k in body}
+    doc = {"model": model, "messages": canonical_messages, "params": params}
+    raw = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+@dataclass
+class Entry:
+    key: str
+    response: dict  # the complete chat.completion
+    tier: str
+    task: str
+    model: str
+    question: str
+    created: float
+    thumbnail: str = ""  # data: URL of a small JPEG of the first image, for the presenter view
+    pinned: bool = False
+
+    @property
+    def text(self) -> str:
+        try:
+            return self.response["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            return ""
+
+
+class ResponseCache:
+    def __init__(self, cfg: CacheConfig, directory: Path) -> None:
+        self.cfg = cfg
+        directory.mkdir(parents=True, exist_ok=True)
+        self._cache = diskcache.Cache(str(directory / "answers"), size_limit=cfg.max_size, eviction_policy="least-recently-used")
+        self._pinned = diskcache.Cache(str(directory / "pinned"), size_limit=2**62, eviction_policy="none")
+        self._inflight: dict[str, asyncio.Future[Entry | None]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.cfg.enabled
+
+    def _get(self, key: str) -> Entry | None:
+        raw = self._pinned.get(key)
+        if raw is None:
+            raw = self._cache.get(key)
+        return Entry(**raw) if raw is not None else None
+
+    async def get(self, key: str) -> Entry | None:
+        return await asyncio.to_thread(self._get, key)
+
+    async def put(self, entry: Entry) -> None:
+        """Store a complete, successful answer (callers never pass partial or failed ones)."""
+        await asyncio.to_thread(self._cache.set, entry.key, entry.__dict__, expire=self.cfg.ttl)
+
+    async def single_flight(self, key: str, produce: Callable[[], Awaitable[Entry | None]]) -> tuple[Entry | None, bool]:
+        """Run `produce` once for identical concurrent requests; the others share its entry.
+
+        Returns (entry, True) for a follower that got the leader's answer. A leader's failure
+        gives followers None, and they forward on their own.
+        """
+        fut = self._inflight.get(key)
+        if fut is not None:
+            return await asyncio.shield(fut), True
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            entry = await produce()
+            fut.set_result(entry)
+            return entry, False
+        except BaseException:
+            fut.set_result(None)
+            raise
+        finally:
+            self._inflight.pop(key, None)
+
+    def leader(self, key: str) -> asyncio.Future[Entry | None] | None:
+        return self._inflight.get(key)
+
+    def begin(self, key: str) -> asyncio.Future[Entry | None]:
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        return fut
+
+    def finish(self, key: str, entry: Entry | None) -> None:
+        fut = self._inflight.pop(key, None)
+        if fut is not None and not fut.done():
+            fut.set_result(entry)
+
+    # --- presenter --------------------------------------------------------------------
+
+    def _list(self) -> list[Entry]:
+        out: dict[str, Entry] = {}
+        for store in (self._cache, self._pinned):
+            for key in store.iterkeys():
+                raw = store.get(key)
+                if raw is not None:
+                    out[key] = Entry(**raw)
+        return sorted(out.values(), key=lambda e: e.created, reverse=True)
+
+    async def entries(self, query: str = "") -> list[Entry]:
+        items = await asyncio.to_thread(self._list)
+        q = query.strip().lower()
+        if q:
+            items = [e for e in items if q in e.question.lower() or q in e.text.lower() or q in e.tier]
+        return items
+
+    def _pin(self, key: str, pinned: bool) -> bool:
+        entry = self._get(key)
+        if entry is None:
+            return False
+        entry.pinned = pinned
+        if pinned:
+            self._pinned.set(key, entry.__dict__)
+            self._cache.delete(key)
+        else:
+            self._cache.set(key, entry.__dict__, expire=self.cfg.ttl)
+            self._pinned.delete(key)
+        return True
+
+    async def pin(self, key: str, pinned: bool = True) -> bool:
+        return await asyncio.to_thread(self._pin, key, pinned)
+
+    def _export(self, keys: list[str] | None) -> bytes:
+        items = [e for e in self._list() if keys is None or e.key in keys]
+        lines = [json.dumps({"tiergate_demo_set": 1, "count": len(items), "exported": time.time()})]
+        lines += [json.dumps(e.__dict__, ensure_ascii=False) for e in items]
+        return ("\n".join(lines) + "\n").encode()
+
+    async def export(self, keys: list[str] | None = None) -> bytes:
+        """A demo set as one JSON-lines file: a header line, then one entry per line."""
+        return await asyncio.to_thread(self._export, keys)
+
+    def _import(self, data: bytes) -> int:
+        lines = data.decode("utf-8").splitlines()
+        if not lines or json.loads(lines[0]).get("tiergate_demo_set") != 1:
+            raise ValueError("not a tiergate demo set (the first line must be its header)")
+        entries = []
+        for n, line in enumerate(lines[1:], start=2):
+            if not line.strip():
+                continue
+            try:
+                raw: dict[str, Any] = json.loads(line)
+                entries.append(Entry(**raw))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"line {n}: not a cache entry ({exc})") from None
+        for e in entries:  # all validated before anything is written
+            e.pinned = True
+            self._pinned.set(e.key, e.__dict__)
+        return len(entries)
+
+    async def import_set(self, data: bytes) -> int:
+        """Imported answers are pinned: a carried demo must not expire on the new gateway."""
+        return await asyncio.to_thread(self._import, data)
+
+    def close(self) -> None:
+        self._cache.close()
+        self._pinned.close()
+
+
+def thumbnail(messages: list[dict]) -> str:
+    """A small JPEG of the first data: image in the conversation, as a data: URL (or '')."""
+    for msg in messages:
+        content = msg.get("content")
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            url = _image_url(part)
+            if url and url.startswith("data:") and ";base64," in url:
+                try:
+                    from PIL import Image
+
+                    img = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+                    img.thumbnail((160, 160))
+                    buf = io.BytesIO()
+                    img.convert("RGB").save(buf, "JPEG", quality=80)
+                    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+                except Exception:  # noqa: BLE001 - a thumbnail is a nicety
+                    return ""
+    return ""
+
+
+def _image_url(part: Any) -> str:
+    if not isinstance(part, dict):
+        return ""
+    if part.get("type") == "image_url":
+        v = part.get("image_url")
+        return v.get("url", "") if isinstance(v, dict) else str(v or "")
+    if part.get("type") == "image":
+        return str(part.get("image") or "")
+    return ""

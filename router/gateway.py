@@ -1,0 +1,389 @@
+"""The request path: validate, route, answer from cache or from a tier, account.
+
+Everything the HTTP API and the Gradio UI do with a chat request goes through
+`Gateway.prepare` and `Gateway.answer`, so both front-ends route, cache and bill alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import routing
+from .backends.base import Backend
+from .cache import Entry, ResponseCache, cache_key, thumbnail
+from .config import PACKAGED_CONFIG, Config, ConfigError, parse_config
+from .errors import BadRequest, NotFound, WorkerUnreachable
+from .lifecycle import Lease, Lifecycle, ProgressFn
+from .media import MediaLimits, parse_messages
+from .metrics import Metrics
+from .providers import build_providers
+from .redis_server import RedisHandle, open_redis
+from .sse import SSEReader, replay
+from .state import Notifier, State, now_ms
+
+log = logging.getLogger("tiergate.gateway")
+
+# Body fields the gateway consumes itself rather than forwarding.
+_OWN_FIELDS = ("tiergate",)
+
+
+@dataclass
+class ChatRequest:
+    body: dict  # what goes to the worker, minus `model`, which the tier decides
+    canonical: list  # messages with media replaced by hashes, for the cache key
+    tier: str
+    task: str
+    task_reason: str
+    mode: str
+    stream: bool
+    use_cache: bool
+    question: str
+    pinned: bool  # the client named the tier
+
+
+@dataclass
+class Meta:
+    """What the client is told about how its answer was produced."""
+
+    tier: str
+    gpu: str
+    task: str
+    cache: str  # hit | miss | bypass
+    wait_ms: int = 0
+    requested_tier: str = ""
+    fallback_reason: str = ""
+    started: float = field(default_factory=time.monotonic)
+    seconds: float = 0.0
+    cost: float = 0.0
+
+    def headers(self) -> dict[str, str]:
+        h = {
+            "x-tiergate-tier": self.tier,
+            "x-tiergate-task": self.task,
+            "x-tiergate-cache": self.cache,
+            "x-tiergate-wait-ms": str(self.wait_ms),
+        }
+        if self.fallback_reason:
+            h["x-tiergate-fallback"] = self.fallback_reason
+        return h
+
+
+@dataclass
+class Answer:
+    meta: Meta
+    response: dict | None = None  # a complete chat.completion
+    chunks: AsyncIterator[bytes] | None = None  # OpenAI SSE bytes, for stream requests
+
+
+class Gateway:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.limits = MediaLimits(
+            max_image_bytes=cfg.gateway.max_image_size,
+            max_video_bytes=cfg.gateway.max_video_size,
+            max_attachments=cfg.gateway.max_attachments,
+        )
+        self.redis: RedisHandle | None = None
+        self.cache = ResponseCache(cfg.cache, cfg.data_dir() / "cache")
+        self.metrics = Metrics()
+        self.backends: dict[str, Backend] = {}
+        self.lifecycle: Lifecycle
+
+    async def start(self) -> None:
+        self.redis = open_redis(self.cfg)
+        await self.redis.client.ping()
+        self.state = State(self.redis.client, self.cfg)
+        self.notifier = Notifier(self.redis.client)
+        self.notifier.start()
+        self.backends = _build_backends(self.cfg, self.cfg.gateway.request_timeout)
+        self.providers = build_providers(self.cfg)
+        self.lifecycle = Lifecycle(self.cfg, self.state, self.notifier, self.providers, self.backends)
+        await self.lifecycle.start()
+
+    async def aclose(self) -> None:
+        await self.lifecycle.shutdown()
+        await self.notifier.aclose()
+        for b in self.backends.values():
+            await b.aclose()
+        for p in self.providers.values():
+            await p.aclose()
+        self.cache.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    # --- validation and routing ------------------------------------------------------
+
+    def prepare(self, body: Any) -> ChatRequest:
+        """Check everything about a request before any machine is touched."""
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object", code="invalid_body")
+        opts = body.get("tiergate") or {}
+        if not isinstance(opts, dict):
+            raise BadRequest("`tiergate` must be an object like {\"mode\": \"speed\"}", param="tiergate")
+        unknown = set(opts) - {"mode", "task", "cache"}
+        if unknown:
+            raise BadRequest(f"unknown tiergate option(s): {', '.join(sorted(unknown))}", param="tiergate")
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise BadRequest("`stream` must be true or false", param="stream")
+        parsed = parse_messages(body.get("messages"), self.limits)
+        mode = opts.get("mode") or self.cfg.routing.default_mode
+        if mode not in routing.MODES:
+            raise BadRequest(f"unknown mode {mode!r}; use one of {', '.join(routing.MODES)}", param="tiergate.mode")
+        task, reason = routing.explain(parsed, self.cfg.routing.long_video_seconds)
+        if opts.get("task"):
+            if opts["task"] not in routing.TASKS:
+                raise BadRequest(f"unknown task {opts['task']!r}; use one of {', '.join(routing.TASKS)}", param="tiergate.task")
+            task, reason = opts["task"], "chosen by the client"
+        model = body.get("model") or "auto"
+        if model == "auto":
+            tier = routing.pick_tier(
+                {t: r.model_dump() for t, r in self.cfg.routing.tasks.items()} or self._default_routes(), task, mode
+            )
+        elif model in self.cfg.tiers:
+            tier = model
+        else:
+            raise NotFound(
+                f"unknown model {model!r}; use 'auto' or a tier: {', '.join(self.cfg.tiers)}", param="model", code="model_not_found"
+            )
+        use_cache = opts.get("cache", True)
+        if not isinstance(use_cache, bool):
+            raise BadRequest("`tiergate.cache` must be true or false", param="tiergate.cache")
+        forward = {k: v for k, v in body.items() if k not in _OWN_FIELDS}
+        return ChatRequest(
+            body=forward, canonical=parsed.canonical, tier=tier, task=task, task_reason=reason, mode=mode,
+            stream=stream, use_cache=use_cache and self.cache.enabled, question=parsed.text[-500:], pinned=model != "auto",
+        )
+
+    def _default_routes(self) -> dict[str, dict[str, str]]:
+        first = next(iter(self.cfg.tiers))
+        return {"caption": dict.fromkeys(routing.MODES, first)}
+
+    async def prepare_async(self, body: Any, size: int) -> ChatRequest:
+        """Large bodies (images, video) are decoded in a thread, off the event loop."""
+        if size > 256 * 1024:
+            return await asyncio.to_thread(self.prepare, body)
+        return self.prepare(body)
+
+    # --- answering -------------------------------------------------------------------
+
+    async def answer(self, req: ChatRequest, on_progress: ProgressFn | None = None) -> Answer:
+        tier_cfg = self.cfg.tiers[req.tier]
+        key = cache_key(tier_cfg.model or req.tier, req.canonical, req.body) if req.use_cache else ""
+        if key:
+            entry = await self.cache.get(key)
+            if entry is None and (leader := self.cache.leader(key)) is not None:
+                entry = await asyncio.shield(leader)  # an identical request is being answered: share it
+            if entry is not None:
+                return self._from_cache(req, entry)
+            self.cache.begin(key)
+        try:
+            return await self._forward(req, key, on_progress)
+        except BaseException:
+            if key:
+                self.cache.finish(key, None)
+            raise
+
+    def _from_cache(self, req: ChatRequest, entry: Entry) -> Answer:
+        meta = Meta(tier=entry.tier, gpu=self.cfg.tiers[entry.tier].gpu if entry.tier in self.cfg.tiers else "",
+                    task=req.task, cache="hit", requested_tier=req.tier)
+        self.metrics.cache(req.tier, hit=True)
+        self._count_day(entry.tier, "cache_hits")
+        if req.stream:
+            return Answer(meta, chunks=replay(entry.response))
+        return Answer(meta, response=entry.response)
+
+    async def _forward(self, req: ChatRequest, key: str, on_progress: ProgressFn | None) -> Answer:
+        for attempt in (1, 2):
+            lease = await self.lifecycle.acquire(req.tier, on_progress)
+            tier_cfg = self.cfg.tiers[lease.tier]
+            meta = Meta(tier=lease.tier, gpu=tier_cfg.gpu, task=req.task, cache="miss" if key else "bypass",
+                        wait_ms=int(lease.waited * 1000), requested_tier=req.tier, fallback_reason=lease.fallback_reason)
+            self.metrics.request(lease.tier, meta.cache, lease.waited)
+            if key:
+                self.metrics.cache(req.tier, hit=False)
+            body = {**req.body, "model": tier_cfg.model or req.body.get("model", "")}
+            backend = self.backends[tier_cfg.backend]
+            try:
+                if req.stream:
+                    chunks = backend.stream(lease.url, body)
+                    first = await chunks.__anext__()  # a refusal surfaces here, before any byte is sent
+                    return Answer(meta, chunks=self._pass_through(req, key, lease, meta, first, chunks))
+                response = await backend.complete(lease.url, body)
+            except WorkerUnreachable as exc:
+                await self._end(lease, meta)
+                await self.lifecycle.report_broken(lease, str(exc))
+                if attempt == 2:
+                    raise
+                continue  # the instance vanished under us (crash, spot reclaim): once more, elsewhere
+            except BaseException:
+                await self._end(lease, meta)
+                raise
+            await self._end(lease, meta)
+            if key:
+                await self._store(req, key, meta, response)
+            return Answer(meta, response=response)
+        raise AssertionError("unreachable")
+
+    async def _pass_through(
+        self, req: ChatRequest, key: str, lease: Lease, meta: Meta, first: bytes, chunks: AsyncIterator[bytes]
+    ) -> AsyncIterator[bytes]:
+        """Yield the worker's bytes as they come; cache the answer only if it ended properly.
+
+        The lease is held until the last byte, so an idle stop never cuts a stream.
+        """
+        reader = SSEReader() if key else None
+        stored = False
+        try:
+            if reader:
+                reader.feed(first)
+            yield first
+            async for chunk in chunks:
+                if reader:
+                    reader.feed(chunk)
+                yield chunk
+            if reader and reader.complete:
+                await self._store(req, key, meta, reader.completion())
+                stored = True
+        finally:
+            with contextlib.suppress(Exception):
+                await chunks.aclose()  # type: ignore[attr-defined]
+            await self._end(lease, meta)
+            if key and not stored:
+                self.cache.finish(key, None)
+
+    async def _end(self, lease: Lease, meta: Meta) -> None:
+        meta.seconds = time.monotonic() - meta.started - lease.waited
+        meta.cost = meta.seconds / 3600 * self.cfg.tiers[lease.tier].price_per_hour
+        await self.lifecycle.release(lease)
+
+    async def _store(self, req: ChatRequest, key: str, meta: Meta, response: dict) -> None:
+        choices = response.get("choices") or []
+        if not choices or choices[0].get("finish_reason") not in ("stop", "length", "tool_calls"):
+            self.cache.finish(key, None)
+            return  # only complete, successful answers are kept
+        thumb = await asyncio.to_thread(thumbnail, req.body.get("messages") or [])
+        entry = Entry(key=key, response=response, tier=meta.tier, task=req.task, model=self.cfg.tiers[meta.tier].model,
+                      question=req.question, created=time.time(), thumbnail=thumb)
+        await self.cache.put(entry)
+        self.cache.finish(key, entry)
+
+    def _count_day(self, tier: str, what: str) -> None:
+        self.lifecycle._background(self.state.count_day(tier, what))
+
+    # --- config changes ----------------------------------------------------------------
+
+    async def save_config(self, text: str) -> list[str]:
+        """Validate, then atomically replace the config (keeping a backup) and hot-reload it.
+
+        Returns the problems instead when there are any; nothing is written then.
+        """
+        target = Path(self.cfg.path)
+        if not self.cfg.path or target.resolve() == PACKAGED_CONFIG.resolve():
+            target = Path("tiers.toml")  # never write into the installed package
+        try:
+            new_cfg = parse_config(text, str(target))
+        except ConfigError as exc:
+            return exc.problems
+        await asyncio.to_thread(_atomic_write, target, text)
+        await self.reload(new_cfg)
+        return []
+
+    async def reload(self, new_cfg: Config) -> None:
+        """Switch to a new config without dropping requests in flight.
+
+        Tiers that disappear are drained (their in-flight requests finish) and stopped.
+        """
+        gone = [self.cfg.tiers[n] for n in self.cfg.tiers if n not in new_cfg.tiers]
+        for kind, provider in build_providers(new_cfg).items():
+            self.providers.setdefault(kind, provider)
+        for kind, backend in _build_backends(new_cfg, new_cfg.gateway.request_timeout).items():
+            self.backends.setdefault(kind, backend)
+        self.cfg = new_cfg
+        self.cache.cfg = new_cfg.cache
+        self.state.cfg = new_cfg
+        self.lifecycle.cfg = new_cfg
+        for tier in gone:
+            self.lifecycle._background(self.lifecycle.retire(tier))
+        await self.state.event("*", "config_reloaded", reason=f"{new_cfg.path}: {len(new_cfg.tiers)} tiers")
+
+    # --- status ----------------------------------------------------------------------
+
+    async def tiers_status(self) -> list[dict]:
+        now = now_ms()
+        epoch = await self.state.epoch()
+        out = []
+        for name, tier in self.cfg.tiers.items():
+            view = await self.state.tier(name)
+            billed = view.billed_ms(now) / 1000
+            always_on = (now - epoch) / 3_600_000 * tier.price_per_hour
+            cost = billed / 3600 * tier.price_per_hour
+            idle_for = (now - view.last_active) / 1000 if view.state == "ready" and view.inflight == 0 and view.last_active else None
+            out.append({
+                "name": name,
+                "gpu": tier.gpu,
+                "state": view.state,
+                "reason": view.failed_reason,
+                "instances": [
+                    {"id": i.id, "provider": c.provider, "state": i.state, "url": i.url, "stage": i.stage, "inflight": i.inflight}
+                    for i, c in zip(view.instances, tier.instances, strict=True)
+                ],
+                "inflight": view.inflight,
+                "queued": view.queued,
+                "last_active": view.last_active / 1000 if view.last_active else None,
+                "idle_timeout": tier.idle_timeout,
+                "idle_for": idle_for,
+                "stops_in": max(0.0, tier.idle_timeout - idle_for) if idle_for is not None else None,
+                "starts": view.starts,
+                "gpu_seconds": round(billed, 3),
+                "cost": round(cost, 6),
+                "price_per_hour": tier.price_per_hour,
+                "always_on_cost": round(always_on, 6),
+                "saving": round(always_on - cost, 6),
+                "boot_eta": lifecycle_eta(tier, view.boots),
+                "model": tier.model,
+            })
+        return out
+
+
+def lifecycle_eta(tier: Any, boots: list[float]) -> float:
+    from .lifecycle import boot_eta
+
+    return round(boot_eta(tier, boots), 2)
+
+
+def _build_backends(cfg: Config, timeout: float) -> dict[str, Backend]:
+    """Only the backends the tiers use; the Gradio client is imported only when needed."""
+    kinds = {t.backend for t in cfg.tiers.values()}
+    out: dict[str, Backend] = {}
+    if "openai" in kinds:
+        from .backends.openai import OpenAIBackend
+
+        out["openai"] = OpenAIBackend(timeout)
+    if "gradio" in kinds:
+        from .backends.gradio import GradioBackend
+
+        out["gradio"] = GradioBackend(timeout=timeout)
+    return out
+
+
+def _atomic_write(target: Path, text: str) -> None:
+    """Write beside the target, fsync, keep the old file as `.bak`, then rename over it."""
+    target = target.resolve()
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if target.exists():
+        backup = target.with_name(target.name + ".bak")
+        backup.write_bytes(target.read_bytes())
+    os.replace(tmp, target)

@@ -1,0 +1,232 @@
+"""Tier lifecycle against real gateways, real workers and a real Redis.
+
+Each test asserts what an operator or a user would notice: how many machines started,
+whether a stream was cut, whether a worker process is still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import redis
+
+from tests.conftest import chat, tier_toml, wait_for, worker_command, write_config
+
+
+def events(redis_url: str, tier: str) -> list[dict]:
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return [f for _, f in r.xrange("tg:events") if f.get("tier") == tier]
+    finally:
+        r.close()
+
+
+def kinds(redis_url: str, tier: str) -> list[str]:
+    return [e["event"] for e in events(redis_url, tier)]
+
+
+def port_of(config: Path, tier: str) -> int:
+    import tomllib
+
+    return tomllib.loads(config.read_text())["tiers"][tier]["instances"][0]["port"]
+
+
+def listening(port: int) -> bool:
+    from tests.conftest import pids_listening
+
+    return pids_listening(port)
+
+
+async def _herd(url: str, n: int, body: dict) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=n)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits, trust_env=False) as client:
+        return await asyncio.gather(*(client.post("/v1/chat/completions", json=body) for _ in range(n)))
+
+
+def test_a_herd_on_a_stopped_tier_starts_it_once(tmp_path: Path, fresh_redis: str, gateway_factory) -> None:
+    cfg = write_config(tmp_path, tier_toml("herd", command=worker_command(boot=1.5)), cache="enabled = false")
+    gw = gateway_factory(cfg, redis_url=fresh_redis)
+    assert gw.tiers()["herd"]["state"] == "stopped"
+
+    responses = asyncio.run(_herd(gw.url, 120, chat("Describe it.")))
+
+    assert [r.status_code for r in responses] == [200] * 120
+    assert all("simulated" in r.json()["choices"][0]["message"]["content"] for r in responses)
+    assert max(int(r.headers["x-tiergate-wait-ms"]) for r in responses) >= 1000  # they really waited for the boot
+    assert kinds(fresh_redis, "herd").count("starting") == 1
+    tier = gw.tiers()["herd"]
+    assert tier["starts"] == 1
+    assert tier["state"] == "ready"
+
+
+def test_two_gateways_on_one_redis_start_and_stop_a_tier_once(tmp_path: Path, fresh_redis: str, gateway_factory) -> None:
+    cfg = write_config(tmp_path, tier_toml("shared", idle="2s", command=worker_command(boot=1.0)), cache="enabled = false")
+    a = gateway_factory(cfg, redis_url=fresh_redis, name="a")
+    b = gateway_factory(cfg, redis_url=fresh_redis, name="b")
+
+    async def both() -> list[httpx.Response]:
+        ra, rb = await asyncio.gather(_herd(a.url, 30, chat("hi")), _herd(b.url, 30, chat("hi")))
+        return ra + rb
+
+    responses = asyncio.run(both())
+    assert [r.status_code for r in responses] == [200] * 60
+    assert kinds(fresh_redis, "shared").count("starting") == 1
+    assert b.tiers()["shared"]["state"] == "ready"  # b sees the state a may have created
+
+    port = port_of(cfg, "shared")
+    wait_for(lambda: a.tiers()["shared"]["state"] == "stopped", timeout=30, what="idle stop")
+    assert kinds(fresh_redis, "shared").count("stopped") == 1
+    wait_for(lambda: not listening(port), timeout=10, what="the worker to be gone")
+    assert a.tiers()["shared"]["gpu_seconds"] > 2.0
+
+
+def test_idle_stop_never_cuts_a_stream(tmp_path: Path, fresh_redis: str, gateway_factory) -> None:
+    # 5 tokens/s: a default answer streams for several seconds, far past the 1 s idle timeout.
+    cfg = write_config(tmp_path, tier_toml("slow", idle="1s", command=worker_command(boot=0.3, tps=8)),
+                       cache="enabled = false")
+    gw = gateway_factory(cfg, redis_url=fresh_redis)
+    t0 = time.monotonic()
+    with gw.client() as c, c.stream("POST", "/v1/chat/completions", json=chat("tell me", stream=True)) as r:
+        assert r.status_code == 200
+        body = "".join(r.iter_text())
+    took = time.monotonic() - t0
+    assert took > 3, "the answer should have streamed for a while"
+    assert body.rstrip().endswith("data: [DONE]")
+    assert "stopping" not in kinds(fresh_redis, "slow")  # not stopped while streaming
+    wait_for(lambda: gw.tiers()["slow"]["state"] == "stopped", timeout=15, what="idle stop after the stream")
+    stop = next(e for e in events(fresh_redis, "slow") if e["event"] == "stopping")
+    assert stop["reason"].startswith("idle for")
+
+
+def test_a_request_while_stopping_restarts_the_tier(tmp_path: Path, fresh_redis: str, gateway_factory) -> None:
+    # The worker takes 2 s to shut down, like a model server unloading, so the stop is observable.
+    cmd = worker_command(boot=0.3, extra='"--stop-seconds", "2"')
+    cfg = write_config(tmp_path, tier_toml("restart", idle="1s", command=cmd), cache="enabled = false")
+    gw = gateway_factory(cfg, redis_url=fresh_redis)
+    with gw.client() as c:
+        assert c.post("/v1/chat/completions", json=chat("one")).status_code == 200
+        wait_for(lambda: gw.tiers()["restart"]["state"] == "stopping", timeout=15, interval=0.02, what="stopping")
+        r = c.post("/v1/chat/completions", json=chat("two"))
+    assert r.status_code == 200
+    assert int(r.headers["x-tiergate-wait-ms"]) > 500  # it waited for the stop, then for a new boot
+    assert kinds(fresh_redis, "restart").count("starting") == 2
+    assert gw.tiers()["restart"]["state"] == "ready"
+
+
+def test_boot_timeout_fails_the_tier_and_falls_back(tmp_path: Path, fresh_redis: str, gateway_factory) -> None:
+    tiers = tier_toml("never", boot_timeout="2s", fallback="backup", command=worker_command(boot=60)) + tier_toml(
+        "backup", price=2.8, command=worker_command(boot=0.3)
+    )
+    cfg = write_config(tmp_path, tiers, cache="enabled = false")
+    gw = gateway_factory(cfg, redis_url=fresh_redis)
+    with gw.client() as c:
+        r = c.post("/v1/chat/completions", json=chat("hello"))
+    assert r.status_code == 200
+    assert r.headers["x-tiergate-tier"] == "backup"
+    assert "never" in r.headers["x-tiergate-fallback"]
+    never = gw.tiers()["never"]
+    assert never["state"] == "failed"
+    assert "did not become ready within boot_timeout 2s" in never["reason"]
+    assert not listening(port_of(cfg, "never"))  # the hung machine was stopped, not left billing
+
+
+def test_boot_timeout_without_fallback_is_a_503_naming_the_tier(tmp_path: Path, fresh_redis: str, gateway_factory) -> None:
+    cfg = write_config(tmp_path, tier_toml("lonely", boot_timeout="1s", command=worker_command(boot=60)),
+                       cache="enabled = false")
+    gw = gateway_factory(cfg, redis_url=fresh_redis)
+    with gw.client() as c:
+        r = c.post("/v1/chat/completions", json=chat("hello"))
+        assert r.status_code == 503
+        err = r.json()["error"]
+        assert "lonely" in err["message"] and "boot_timeout" in err["message"]
+        # the gateway keeps serving, and a later request retries the start
+        assert c.get("/healthz").status_code == 200
+        c.post("/v1/chat/completions", json=chat("again"))
+    assert kinds(fresh_redis, "lonely").count("starting") == 2
+
+
+def test_a_worker_that_dies_while_booting_fails_fast(tmp_path: Path, fresh_redis: str, gateway_factory) -> None:
+    cfg = write_config(tmp_path, tier_toml("broken", boot_timeout="60s", command=worker_command(boot=0.2, extra='"--fail-boot"')),
+                       cache="enabled = false")
+    gw = gateway_factory(cfg, redis_url=fresh_redis)
+    t0 = time.monotonic()
+    with gw.client() as c:
+        r = c.post("/v1/chat/completions", json=chat("hello"))
+    assert r.status_code == 503
+    assert time.monotonic() - t0 < 20  # not the 60 s boot timeout
+    assert "exited with code 3" in r.json()["error"]["message"]
+
+
+def test_killed_gateway_leftover_workers_are_cleaned_up(tmp_path: Path, fresh_redis: str, gateway_factory) -> None:
+    # A shell wrapper: the gateway's death signal reaches the shell, not the worker it runs,
+    # so only the pid-file cleanup at the next gateway start can stop this worker.
+    port = None
+    tiers = tier_toml("orphan", command='["sh", "-c", "tiergate worker --port {port} --boot-seconds 0.2; true"]')
+    cfg = write_config(tmp_path, tiers, cache="enabled = false")
+    env = {"PATH": f"{Path(os.sys.executable).parent}:{os.environ['PATH']}"}
+    first = gateway_factory(cfg, redis_url=fresh_redis, env=env)
+    with first.client() as c:
+        assert c.post("/v1/chat/completions", json=chat("hi")).status_code == 200
+    port = port_of(cfg, "orphan")
+    first.kill(signal.SIGKILL)
+    time.sleep(1)
+    assert listening(port), "the wrapped worker should have survived its gateway"
+
+    second = gateway_factory(cfg, redis_url=fresh_redis, env=env)
+    wait_for(lambda: not listening(port), timeout=10, what="leftover worker killed")
+    tier = second.tiers()["orphan"]
+    assert tier["state"] == "stopped"
+    assert tier["gpu_seconds"] > 0  # billed until it was found and stopped
+
+
+def test_admin_start_and_stop(tmp_path: Path, fresh_redis: str, gateway_factory) -> None:
+    cfg = write_config(tmp_path, tier_toml("manual", idle="1h"), cache="enabled = false")
+    gw = gateway_factory(cfg, redis_url=fresh_redis, env={"TIERGATE_ADMIN_TOKEN": "s3cret"})
+    with gw.client() as c:
+        assert c.post("/api/tiers/manual/start").status_code == 401
+        assert c.post("/api/tiers/manual/start", headers={"Authorization": "Bearer nope"}).status_code == 401
+        auth = {"Authorization": "Bearer s3cret"}
+        assert c.post("/api/tiers/nope/start", headers=auth).status_code == 404
+        r = c.post("/api/tiers/manual/start", headers=auth)
+        assert r.status_code == 200
+        wait_for(lambda: gw.tiers()["manual"]["state"] == "ready", timeout=20, what="admin start")
+        assert c.post("/api/tiers/manual/stop", headers=auth).json()["state"] == "stopped"
+    assert not listening(port_of(cfg, "manual"))
+    admin_events = [e for e in events(fresh_redis, "manual") if e["event"] in ("starting", "stopping")]
+    assert [e["reason"] for e in admin_events] == ["started by an admin", "stopped by an admin"]
+    assert all(e["actor"].startswith("admin API") for e in admin_events)
+
+
+def test_ready_callback_is_authenticated(tmp_path: Path, fresh_redis: str, gateway_factory) -> None:
+    cfg = write_config(tmp_path, tier_toml("cb"), cache="enabled = false")
+    gw = gateway_factory(cfg, redis_url=fresh_redis, env={"TIERGATE_CALLBACK_TOKEN": "cbt"})
+    with gw.client() as c:
+        assert c.post("/api/instances/cb-0/ready").status_code == 401
+        assert c.post("/api/instances/zz/ready", headers={"Authorization": "Bearer cbt"}).status_code == 404
+        assert c.post("/api/instances/cb-0/ready", headers={"Authorization": "Bearer cbt"}).json() == {
+            "instance": "cb-0", "ok": True}
+
+
+def test_status_command_shows_tiers_and_cost(tmp_path: Path, fresh_redis: str, gateway_factory) -> None:
+    import subprocess
+    import sys
+
+    cfg = write_config(tmp_path, tier_toml("stat"), cache="enabled = false")
+    gw = gateway_factory(cfg, redis_url=fresh_redis)
+    with gw.client() as c:
+        assert c.post("/v1/chat/completions", json=chat("hi")).status_code == 200
+    res = subprocess.run(
+        [sys.executable, "-m", "router.cli", "status", "--config", str(cfg)],
+        capture_output=True, text=True, timeout=60, check=False, env={**os.environ, "TIERGATE_REDIS_URL": fresh_redis},
+    )
+    assert res.returncode == 0, res.stderr
+    header, row = res.stdout.splitlines()[:2]
+    assert header.split()[:3] == ["TIER", "GPU", "STATE"]
+    assert row.split()[0] == "stat" and "ready" in row and "1/1" in row
+    assert json.dumps(gw.tiers()["stat"]["starts"]) == "1"
