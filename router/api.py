@@ -23,6 +23,17 @@ from .gateway import Gateway
 log = logging.getLogger("tiergate.api")
 
 
+class _Stream(StreamingResponse):
+    """Closes its iterator however the response ends, so a client hanging up mid-stream
+    releases the lease and the single-flight slot at once, not whenever GC gets to it."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
 def _error(exc: TiergateError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
@@ -77,7 +88,7 @@ def create_app(cfg: Config, gateway: Gateway | None = None) -> FastAPI:
         headers = answer.meta.headers()
         if answer.chunks is not None:
             headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
-            return StreamingResponse(answer.chunks, media_type="text/event-stream", headers=headers)
+            return _Stream(answer.chunks, media_type="text/event-stream", headers=headers)
         return Response(json.dumps(answer.response), media_type="application/json", headers=headers)
 
     @app.get("/v1/models")

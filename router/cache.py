@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,27 +83,6 @@ class ResponseCache:
         """Store a complete, successful answer (callers never pass partial or failed ones)."""
         await asyncio.to_thread(self._cache.set, entry.key, entry.__dict__, expire=self.cfg.ttl)
 
-    async def single_flight(self, key: str, produce: Callable[[], Awaitable[Entry | None]]) -> tuple[Entry | None, bool]:
-        """Run `produce` once for identical concurrent requests; the others share its entry.
-
-        Returns (entry, True) for a follower that got the leader's answer. A leader's failure
-        gives followers None, and they forward on their own.
-        """
-        fut = self._inflight.get(key)
-        if fut is not None:
-            return await asyncio.shield(fut), True
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        try:
-            entry = await produce()
-            fut.set_result(entry)
-            return entry, False
-        except BaseException:
-            fut.set_result(None)
-            raise
-        finally:
-            self._inflight.pop(key, None)
-
     def leader(self, key: str) -> asyncio.Future[Entry | None] | None:
         return self._inflight.get(key)
 
@@ -163,8 +141,12 @@ class ResponseCache:
         return await asyncio.to_thread(self._export, keys)
 
     def _import(self, data: bytes) -> int:
-        lines = data.decode("utf-8").splitlines()
-        if not lines or json.loads(lines[0]).get("tiergate_demo_set") != 1:
+        try:
+            lines = data.decode("utf-8").splitlines()
+            header = json.loads(lines[0]) if lines else {}
+        except (UnicodeDecodeError, ValueError):
+            header = {}
+        if not isinstance(header, dict) or header.get("tiergate_demo_set") != 1:
             raise ValueError("not a tiergate demo set (the first line must be its header)")
         entries = []
         for n, line in enumerate(lines[1:], start=2):

@@ -69,16 +69,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 async def _status_rows(cfg: Config) -> list[dict]:
-    from .gateway import Gateway
     from .redis_server import open_redis
     from .state import State
+    from .status import tiers_status
 
-    gw = Gateway.__new__(Gateway)  # only the read side: no supervisor, no providers
-    gw.cfg = cfg
-    handle = open_redis(cfg)
+    handle = open_redis(cfg)  # the read side only: no supervisor, no providers
     try:
-        gw.state = State(handle.client, cfg)
-        return await gw.tiers_status()
+        return await tiers_status(State(handle.client, cfg), cfg)
     finally:
         await handle.client.aclose()
 

@@ -27,7 +27,8 @@ from .metrics import Metrics
 from .providers import build_providers
 from .redis_server import RedisHandle, open_redis
 from .sse import SSEReader, replay
-from .state import Notifier, State, now_ms
+from .state import Notifier, State
+from .status import tiers_status
 
 log = logging.getLogger("tiergate.gateway")
 
@@ -254,16 +255,27 @@ class Gateway:
                 await self._store(req, key, meta, reader.completion())
                 stored = True
         finally:
-            with contextlib.suppress(Exception):
-                await chunks.aclose()  # type: ignore[attr-defined]
-            await self._end(lease, meta)
+            # Runs also when the client hangs up, inside a cancelled task: settle the
+            # single-flight slot first (no await), then release the lease in a shielded
+            # task so a cancellation cannot leave it held (and the machine pinned on).
             if key and not stored:
                 self.cache.finish(key, None)
+            await self._end(lease, meta, chunks)
 
-    async def _end(self, lease: Lease, meta: Meta) -> None:
+    async def _end(self, lease: Lease, meta: Meta, chunks: AsyncIterator[bytes] | None = None) -> None:
+        """Account the request and release its lease, even from a task being cancelled."""
         meta.seconds = time.monotonic() - meta.started - lease.waited
         meta.cost = meta.seconds / 3600 * self.cfg.tiers[lease.tier].price_per_hour
-        await self.lifecycle.release(lease)
+
+        async def settle() -> None:
+            if chunks is not None:
+                with contextlib.suppress(Exception):
+                    await chunks.aclose()  # type: ignore[attr-defined]
+            await self.lifecycle.release(lease)
+
+        task = asyncio.ensure_future(settle())
+        self.lifecycle.track(task)
+        await asyncio.shield(task)
 
     async def _store(self, req: ChatRequest, key: str, meta: Meta, response: dict) -> None:
         choices = response.get("choices") or []
@@ -318,46 +330,7 @@ class Gateway:
     # --- status ----------------------------------------------------------------------
 
     async def tiers_status(self) -> list[dict]:
-        now = now_ms()
-        epoch = await self.state.epoch()
-        out = []
-        for name, tier in self.cfg.tiers.items():
-            view = await self.state.tier(name)
-            billed = view.billed_ms(now) / 1000
-            always_on = (now - epoch) / 3_600_000 * tier.price_per_hour
-            cost = billed / 3600 * tier.price_per_hour
-            idle_for = (now - view.last_active) / 1000 if view.state == "ready" and view.inflight == 0 and view.last_active else None
-            out.append({
-                "name": name,
-                "gpu": tier.gpu,
-                "state": view.state,
-                "reason": view.failed_reason,
-                "instances": [
-                    {"id": i.id, "provider": c.provider, "state": i.state, "url": i.url, "stage": i.stage, "inflight": i.inflight}
-                    for i, c in zip(view.instances, tier.instances, strict=True)
-                ],
-                "inflight": view.inflight,
-                "queued": view.queued,
-                "last_active": view.last_active / 1000 if view.last_active else None,
-                "idle_timeout": tier.idle_timeout,
-                "idle_for": idle_for,
-                "stops_in": max(0.0, tier.idle_timeout - idle_for) if idle_for is not None else None,
-                "starts": view.starts,
-                "gpu_seconds": round(billed, 3),
-                "cost": round(cost, 6),
-                "price_per_hour": tier.price_per_hour,
-                "always_on_cost": round(always_on, 6),
-                "saving": round(always_on - cost, 6),
-                "boot_eta": lifecycle_eta(tier, view.boots),
-                "model": tier.model,
-            })
-        return out
-
-
-def lifecycle_eta(tier: Any, boots: list[float]) -> float:
-    from .lifecycle import boot_eta
-
-    return round(boot_eta(tier, boots), 2)
+        return await tiers_status(self.state, self.cfg)
 
 
 def _build_backends(cfg: Config, timeout: float) -> dict[str, Backend]:

@@ -203,7 +203,10 @@ class Lifecycle:
         return Progress(tier.name, stage, elapsed, eta, position)
 
     def _background(self, coro: Awaitable) -> None:
-        task = asyncio.ensure_future(coro)
+        self.track(asyncio.ensure_future(coro))
+
+    def track(self, task: asyncio.Future) -> None:
+        """Keep a reference to a task that must finish even if its caller goes away."""
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
 

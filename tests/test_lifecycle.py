@@ -50,7 +50,8 @@ async def _herd(url: str, n: int, body: dict) -> list[httpx.Response]:
 
 
 def test_a_herd_on_a_stopped_tier_starts_it_once(tmp_path: Path, fresh_redis: str, gateway_factory) -> None:
-    cfg = write_config(tmp_path, tier_toml("herd", command=worker_command(boot=1.5)), cache="enabled = false")
+    tiers = tier_toml("herd", command=worker_command(boot=1.5), extra="max_queue = 500")
+    cfg = write_config(tmp_path, tiers, cache="enabled = false")
     gw = gateway_factory(cfg, redis_url=fresh_redis)
     assert gw.tiers()["herd"]["state"] == "stopped"
 

@@ -44,6 +44,27 @@ def _alive(pid: int) -> bool:
     return pid > 0 and _start_time(pid) is not None
 
 
+def _group_alive(rec: dict) -> bool:
+    """Is anything left of the worker's process group (the leader, or children it left)?
+
+    While a group has members the kernel does not hand its id out as a new pid, so when
+    no live process has pid == pgid, members found in that group are ours.
+    """
+    pgid = rec.get("pid", 0)
+    leader = _start_time(pgid)
+    if leader is not None:
+        return leader == rec.get("start_time")  # a different process now owns that pid: not ours
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
 class LocalProvider:
     kind = "local"
 
@@ -60,13 +81,13 @@ class LocalProvider:
         return self.pid_dir / f"{inst.id}.json"
 
     def _record(self, inst: InstanceConfig) -> dict | None:
-        """The live process recorded for `inst`, or None (a stale file is removed)."""
+        """The live worker recorded for `inst`, or None (a stale file is removed)."""
         path = self._pid_file(inst)
         try:
             rec = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        if _start_time(rec.get("pid", 0)) != rec.get("start_time"):
+        if not _group_alive(rec):
             path.unlink(missing_ok=True)
             return None
         return rec
@@ -119,9 +140,9 @@ class LocalProvider:
         if rec:
             self._kill(rec, signal.SIGTERM)
             deadline = time.monotonic() + grace
-            while _alive(rec["pid"]) and time.monotonic() < deadline:
+            while _group_alive(rec) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            if _alive(rec["pid"]):
+            if _group_alive(rec):
                 self._kill(rec, signal.SIGKILL)
         proc = self._children.pop(inst.id, None)
         if proc is not None:
@@ -156,7 +177,7 @@ class LocalProvider:
                 continue
             if _alive(rec.get("gateway_pid", 0)):
                 continue
-            if _start_time(rec.get("pid", 0)) == rec.get("start_time"):
+            if _group_alive(rec):
                 self._kill(rec, signal.SIGKILL)
                 killed.append(path.stem)
             path.unlink(missing_ok=True)
@@ -171,10 +192,11 @@ class LocalProvider:
         self._children.clear()
 
     def _kill(self, rec: dict, sig: int) -> None:
+        """Signal the worker's whole process group, never a recycled pid's."""
+        if not _group_alive(rec):
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(rec["pid"], sig)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(rec["pid"], sig)
 
     def _exit_detail(self, inst: InstanceConfig, code: int) -> str:
         try:
