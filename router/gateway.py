@@ -228,7 +228,7 @@ class Gateway:
             except BaseException:
                 await self._end(lease, meta)
                 raise
-            await self._end(lease, meta)
+            await self._end(lease, meta, wait=False)
             if key:
                 await self._store(req, key, meta, response)
             return Answer(meta, response=response)
@@ -262,8 +262,14 @@ class Gateway:
                 self.cache.finish(key, None)
             await self._end(lease, meta, chunks)
 
-    async def _end(self, lease: Lease, meta: Meta, chunks: AsyncIterator[bytes] | None = None) -> None:
-        """Account the request and release its lease, even from a task being cancelled."""
+    async def _end(
+        self, lease: Lease, meta: Meta, chunks: AsyncIterator[bytes] | None = None, *, wait: bool = True
+    ) -> None:
+        """Account the request and release its lease, even from a task being cancelled.
+
+        `wait=False` answers the client first and releases right after (one Redis round
+        trip less on the warm path); the lease is dropped from the heartbeat at once.
+        """
         meta.seconds = time.monotonic() - meta.started - lease.waited
         meta.cost = meta.seconds / 3600 * self.cfg.tiers[lease.tier].price_per_hour
 
@@ -275,7 +281,8 @@ class Gateway:
 
         task = asyncio.ensure_future(settle())
         self.lifecycle.track(task)
-        await asyncio.shield(task)
+        if wait:
+            await asyncio.shield(task)
 
     async def _store(self, req: ChatRequest, key: str, meta: Meta, response: dict) -> None:
         choices = response.get("choices") or []
