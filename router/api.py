@@ -72,7 +72,7 @@ def create_app(cfg: Config, gateway: Gateway | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        limit = cfg.gateway.max_body_size
+        limit = gw.cfg.gateway.max_body_size
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"request body is {int(declared) / 2**20:.1f} MiB, over the {limit / 2**20:.0f} MiB limit")
@@ -96,7 +96,7 @@ def create_app(cfg: Config, gateway: Gateway | None = None) -> FastAPI:
         data = [{"id": "auto", "object": "model", "owned_by": "tiergate", "description": "routed by task and mode"}]
         data += [
             {"id": name, "object": "model", "owned_by": "tiergate", "gpu": t.gpu, "model": t.model}
-            for name, t in cfg.tiers.items()
+            for name, t in gw.cfg.tiers.items()
         ]
         return {"object": "list", "data": data}
 
@@ -130,6 +130,21 @@ def create_app(cfg: Config, gateway: Gateway | None = None) -> FastAPI:
         _bearer(request, "TIERGATE_ADMIN_TOKEN", "the admin API")
         return {"events": await gw.state.events(min(max(count, 1), 1000))}
 
+    @app.get("/api/config")
+    async def get_config(request: Request) -> Response:
+        _bearer(request, "TIERGATE_ADMIN_TOKEN", "the admin API")
+        return Response(await gw.config_text(), media_type="application/toml")
+
+    @app.put("/api/config")
+    async def put_config(request: Request) -> dict:
+        """Validate, save atomically (keeping a backup) and hot-reload; nothing is written on errors."""
+        _bearer(request, "TIERGATE_ADMIN_TOKEN", "the admin API")
+        text = (await request.body()).decode("utf-8", errors="replace")
+        problems = await gw.save_config(text)
+        if problems:
+            raise BadRequest("the config has problems; nothing was saved:\n" + "\n".join(problems), code="invalid_config")
+        return {"ok": True, "path": gw.cfg.path, "tiers": list(gw.cfg.tiers)}
+
     @app.get("/healthz")
     async def healthz() -> Response:
         try:
@@ -144,7 +159,7 @@ def create_app(cfg: Config, gateway: Gateway | None = None) -> FastAPI:
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     def _known(name: str) -> None:
-        if name not in cfg.tiers:
-            raise NotFound(f"no tier {name!r}; tiers: {', '.join(cfg.tiers)}")
+        if name not in gw.cfg.tiers:
+            raise NotFound(f"no tier {name!r}; tiers: {', '.join(gw.cfg.tiers)}")
 
     return app

@@ -20,7 +20,7 @@ from . import routing
 from .backends.base import Backend
 from .cache import Entry, ResponseCache, cache_key, thumbnail
 from .config import PACKAGED_CONFIG, Config, ConfigError, parse_config
-from .errors import BadRequest, NotFound, WorkerUnreachable
+from .errors import BadRequest, NotFound, TierUnavailable, WorkerUnreachable
 from .lifecycle import Lease, Lifecycle, ProgressFn
 from .media import MediaLimits, parse_messages
 from .metrics import Metrics
@@ -64,6 +64,8 @@ class Meta:
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
     cost: float = 0.0
+    price_per_hour: float = 0.0  # captured at the start: a hot reload may remove the tier mid-answer
+    model: str = ""
 
     def headers(self) -> dict[str, str]:
         h = {
@@ -177,7 +179,9 @@ class Gateway:
     # --- answering -------------------------------------------------------------------
 
     async def answer(self, req: ChatRequest, on_progress: ProgressFn | None = None) -> Answer:
-        tier_cfg = self.cfg.tiers[req.tier]
+        tier_cfg = self.cfg.tiers.get(req.tier)
+        if tier_cfg is None:  # removed by a config reload since the request was prepared
+            raise TierUnavailable(f"tier {req.tier!r} was removed from the config; send the request again")
         key = cache_key(tier_cfg.model or req.tier, req.canonical, req.body) if req.use_cache else ""
         if key:
             entry = await self.cache.get(key)
@@ -207,7 +211,8 @@ class Gateway:
             lease = await self.lifecycle.acquire(req.tier, on_progress)
             tier_cfg = self.cfg.tiers[lease.tier]
             meta = Meta(tier=lease.tier, gpu=tier_cfg.gpu, task=req.task, cache="miss" if key else "bypass",
-                        wait_ms=int(lease.waited * 1000), requested_tier=req.tier, fallback_reason=lease.fallback_reason)
+                        wait_ms=int(lease.waited * 1000), requested_tier=req.tier, fallback_reason=lease.fallback_reason,
+                        price_per_hour=tier_cfg.price_per_hour, model=tier_cfg.model)
             self.metrics.request(lease.tier, meta.cache, lease.waited)
             if key:
                 self.metrics.cache(req.tier, hit=False)
@@ -271,7 +276,7 @@ class Gateway:
         trip less on the warm path); the lease is dropped from the heartbeat at once.
         """
         meta.seconds = time.monotonic() - meta.started - lease.waited
-        meta.cost = meta.seconds / 3600 * self.cfg.tiers[lease.tier].price_per_hour
+        meta.cost = meta.seconds / 3600 * meta.price_per_hour
 
         async def settle() -> None:
             if chunks is not None:
@@ -290,7 +295,7 @@ class Gateway:
             self.cache.finish(key, None)
             return  # only complete, successful answers are kept
         thumb = await asyncio.to_thread(thumbnail, req.body.get("messages") or [])
-        entry = Entry(key=key, response=response, tier=meta.tier, task=req.task, model=self.cfg.tiers[meta.tier].model,
+        entry = Entry(key=key, response=response, tier=meta.tier, task=req.task, model=meta.model,
                       question=req.question, created=time.time(), thumbnail=thumb)
         await self.cache.put(entry)
         self.cache.finish(key, entry)
@@ -315,6 +320,10 @@ class Gateway:
         await asyncio.to_thread(_atomic_write, target, text)
         await self.reload(new_cfg)
         return []
+
+    async def config_text(self) -> str:
+        path = Path(self.cfg.path) if self.cfg.path else PACKAGED_CONFIG
+        return await asyncio.to_thread(path.read_text, encoding="utf-8")
 
     async def reload(self, new_cfg: Config) -> None:
         """Switch to a new config without dropping requests in flight.

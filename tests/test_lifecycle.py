@@ -231,3 +231,33 @@ def test_status_command_shows_tiers_and_cost(tmp_path: Path, fresh_redis: str, g
     assert header.split()[:3] == ["TIER", "GPU", "STATE"]
     assert row.split()[0] == "stat" and "ready" in row and "1/1" in row
     assert json.dumps(gw.tiers()["stat"]["starts"]) == "1"
+
+
+def test_config_hot_reload_drains_and_stops_a_removed_tier(tmp_path: Path, fresh_redis: str, gateway_factory) -> None:
+    keep = tier_toml("keep", idle="1h")
+    gone = tier_toml("gone", idle="1h", command=worker_command(boot=0.2, tps=10))
+    cfg = write_config(tmp_path, keep + gone, cache="enabled = false")
+    gw = gateway_factory(cfg, redis_url=fresh_redis, env={"TIERGATE_ADMIN_TOKEN": "adm"})
+    auth = {"Authorization": "Bearer adm"}
+    original = cfg.read_text()
+    gone_port = port_of(cfg, "gone")
+    with gw.client() as c:
+        assert c.post("/v1/chat/completions", json={**chat("warm"), "model": "gone"}).status_code == 200
+
+        broken = original.replace('price_per_hour = 1.0', 'price_per_hour = "cheap"', 1)
+        r = c.put("/api/config", content=broken, headers=auth)
+        assert r.status_code == 400
+        assert f"{cfg}:" in r.json()["error"]["message"] and "price_per_hour" in r.json()["error"]["message"]
+        assert cfg.read_text() == original  # nothing half-written
+
+        # a stream is in flight on `gone` while the config that removes it is saved
+        with c.stream("POST", "/v1/chat/completions", json={**chat("long one", stream=True), "model": "gone"}) as s:
+            new_text = original[: original.index("[tiers.gone]")]
+            assert c.put("/api/config", content=new_text, headers=auth).status_code == 200
+            body = "".join(s.iter_text())
+        assert body.rstrip().endswith("data: [DONE]")  # the drained stream finished
+        assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["auto", "keep"]
+    assert cfg.read_text() == new_text
+    assert (tmp_path / "tiers.toml.bak").read_text() == original
+    wait_for(lambda: not listening(gone_port), timeout=20, what="the removed tier's worker to stop")
+    assert "tier removed from the config" in [e["reason"] for e in events(fresh_redis, "gone")][-1]
