@@ -163,7 +163,7 @@ class Gateway:
         forward = {k: v for k, v in body.items() if k not in _OWN_FIELDS}
         return ChatRequest(
             body=forward, canonical=parsed.canonical, tier=tier, task=task, task_reason=reason, mode=mode,
-            stream=stream, use_cache=use_cache and self.cache.enabled, question=parsed.text[-500:], pinned=model != "auto",
+            stream=stream, use_cache=use_cache and self.cache.enabled, question=(parsed.last_user or parsed.text)[-500:], pinned=model != "auto",
         )
 
     def _default_routes(self) -> dict[str, dict[str, str]]:

@@ -1,9 +1,13 @@
 """Validate the messages of a chat request and fingerprint its images and videos.
 
 Everything wrong with a request must be found here, before a GPU is started for it, and
-named precisely ("messages[0].content[1]: image is 25.3 MiB, over the 20 MiB limit"). The
-cache key needs each attachment's content hash, not its base64 text, so the same picture
-sent twice hits the cache however it was encoded.
+named precisely ("messages[0].content[1].image_url: image is 25.3 MiB, over the 20 MiB
+limit"). The cache key needs each attachment's content hash, not its base64 text, so the
+same picture sent twice hits the cache however its data: URL was written.
+
+Cost matters: a text-only request is a walk over a few dicts, an image costs one base64
+decode, one SHA-256 and a Pillow header read (never a full decode), and an oversized
+payload is refused from its base64 length before anything is decoded.
 """
 
 from __future__ import annotations
@@ -12,14 +16,32 @@ import base64
 import binascii
 import hashlib
 import io
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from PIL import Image
+
 from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif", "image/bmp")
-VIDEO_TYPES = ("video/mp4", "video/webm", "video/quicktime", "video/x-matroska", "video/avi", "video/x-msvideo")
-ROLES = ("system", "developer", "user", "assistant", "tool")
+Kind = Literal["image", "video"]
+
+# "developer" is OpenAI's newer name for "system"; it is treated as a system prompt.
+ROLES: tuple[str, ...] = ("system", "developer", "user", "assistant", "tool")
+SYSTEM_ROLES = ("system", "developer")
+# image/jpg and video/x-msvideo are not registered types but clients send them.
+IMAGE_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif", "image/bmp")
+VIDEO_TYPES: tuple[str, ...] = (
+    "video/mp4", "video/webm", "video/quicktime", "video/x-matroska", "video/avi", "video/x-msvideo",
+)
+# Pillow only tries these decoders, whatever the declared type says (less attack surface,
+# faster refusal of garbage); a phone's JPEG opens as MPO through the JPEG plugin.
+_PILLOW_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+# part type -> attachment kind; the URL sits under the key named like the type
+_MEDIA_PARTS: dict[str, Kind] = {"image_url": "image", "image": "image", "video_url": "video", "video": "video"}
+_PART_TYPES = "text, image_url, video_url, image or video"
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}:")
+_MAX_DATA_HEADER = 256  # "data:<mime>;<params>;base64," is short; don't scan a 200 MB URL for its comma
 
 
 @dataclass(frozen=True)
@@ -31,150 +53,198 @@ class MediaLimits:
 
 @dataclass(frozen=True)
 class Attachment:
-    kind: Literal["image", "video"]
-    sha256: str  # of the decoded bytes for data: URLs; of the URL for http(s) URLs
-    size: int | None
-    mime: str | None
-    url: str | None = None
-    width: int | None = None
+    kind: Kind
+    sha256: str  # of the decoded bytes for data: URLs; of the URL string for http(s) URLs
+    size: int | None  # decoded byte size (None for URLs: they are not fetched)
+    mime: str | None  # declared in the data: URL (None for URLs)
+    url: str | None  # set for http(s) URLs
+    width: int | None = None  # images, from the header
     height: int | None = None
-    duration_s: float | None = None
+    duration_s: float | None = None  # videos; None when the container cannot be read
 
 
 @dataclass(frozen=True)
 class ParsedMessages:
-    canonical: list[dict]  # media replaced by {"sha256": ...}: stable input for the cache key
+    canonical: list[dict]  # messages with each data: URL replaced by {"sha256": ...}: the cache key's input
     attachments: list[Attachment]
-    last_user: str  # the text of the last user message, for routing
-    system: str  # system prompts, for the GUI-agent rule
-
-    @property
-    def text(self) -> str:
-        return self.last_user
+    text: str  # all user and system text, joined
+    last_user: str | None = None  # text of the last user message (routing); None: use `text`
+    system: str = ""  # system prompts (the GUI-agent routing rule looks here too)
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
+@dataclass
+class _Media:
+    """A media part found by the structural pass, decoded once the whole request is known to be sane."""
+
+    where: str
+    kind: Kind
+    url: str
+    field: str  # the part's key holding the URL: image_url, image, video_url or video
+    part: dict
+    msg: int
+    idx: int
 
 
-def parse_messages(messages: Any, limits: MediaLimits) -> ParsedMessages:
-    if not isinstance(messages, list) or not messages:
+def parse_messages(messages: object, limits: MediaLimits) -> ParsedMessages:
+    """Check `messages` and fingerprint its media; raise BadRequest (or 413/415) naming the culprit.
+
+    Two passes: the structure and the attachment count are checked first, so a malformed or
+    overfull request is refused before any base64 is decoded.
+    """
+    if not isinstance(messages, list):
         raise BadRequest("`messages` must be a non-empty list of chat messages", param="messages", code="invalid_messages")
+    if not messages:
+        raise BadRequest("`messages` is empty: send at least one message", param="messages", code="invalid_messages")
     canonical: list[dict] = []
-    attachments: list[Attachment] = []
-    last_user = ""
+    media: list[_Media] = []
+    texts: list[str] = []
     system: list[str] = []
+    last_user = ""
     for i, msg in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(msg, dict):
-            raise BadRequest(f"{where} must be an object with `role` and `content`", param=where)
+            raise BadRequest(f"{where} must be an object with `role` and `content`, got {_json_type(msg)}", param=where)
         role = msg.get("role")
         if role not in ROLES:
             raise BadRequest(f"{where}.role {role!r} is not one of {', '.join(ROLES)}", param=f"{where}.role")
         content = msg.get("content")
-        if content is None and role in ("assistant", "tool"):
-            canonical.append({k: v for k, v in msg.items()})
+        if content is None and role == "assistant":  # a tool-call turn
+            canonical.append(dict(msg))
             continue
-        text, parts = _content(content, where, limits, attachments)
-        if role == "user" and not text.strip() and not parts:
-            raise BadRequest(f"{where} is empty: a user message needs text or an attachment", param=f"{where}.content")
+        if isinstance(content, str):
+            text, found = content, 0
+            canonical.append(dict(msg))
+        elif isinstance(content, list):
+            text, found = _parts(content, where, i, media)
+            canonical.append({**msg, "content": list(content)})  # media parts are swapped for hashes below
+        else:
+            raise BadRequest(
+                f"{where}.content must be a string or a list of parts, got {_json_type(content)}", param=f"{where}.content"
+            )
         if role == "user":
+            if not found and not text.strip():
+                raise BadRequest(
+                    f"{where}.content is empty: a user message needs text or an attachment", param=f"{where}.content"
+                )
             last_user = text
-        if role in ("system", "developer"):
+            texts.append(text)
+        elif role in SYSTEM_ROLES:
             system.append(text)
-        canonical.append({**msg, "content": parts if isinstance(content, list) else content})
-    if not last_user and not any(m.get("role") == "user" for m in messages):
-        raise BadRequest("the conversation has no user message", param="messages", code="invalid_messages")
-    return ParsedMessages(canonical, attachments, last_user, "\n".join(system))
+            texts.append(text)
+    if len(media) > limits.max_attachments:
+        first_extra = media[limits.max_attachments]
+        raise BadRequest(
+            f"{first_extra.where}: too many attachments: the request has {len(media)}, "
+            f"at most {limits.max_attachments} are allowed",
+            param=first_extra.where, code="too_many_attachments",
+        )
+    attachments = [_attach(m, canonical, limits) for m in media]
+    return ParsedMessages(canonical, attachments, "\n".join(texts), last_user, "\n".join(system))
 
 
-def _content(content: Any, where: str, limits: MediaLimits, attachments: list[Attachment]) -> tuple[str, list]:
-    """Text of a message and its canonical parts; appends its attachments."""
-    if isinstance(content, str):
-        return content, []
-    if not isinstance(content, list):
-        raise BadRequest(f"{where}.content must be a string or a list of parts", param=f"{where}.content")
+def _parts(content: list, where: str, msg: int, media: list[_Media]) -> tuple[str, int]:
+    """Check one message's parts; return its text and how many media parts it has (queued on `media`)."""
     texts: list[str] = []
-    parts: list = []
+    found = 0
     for j, part in enumerate(content):
         pw = f"{where}.content[{j}]"
-        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise BadRequest(f"{pw} must be an object with a `type`", param=pw)
-        kind = part["type"]
+        kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str):
+            raise BadRequest(f"{pw} must be an object with a string `type` ({_PART_TYPES})", param=pw)
         if kind == "text":
             if not isinstance(part.get("text"), str):
-                raise BadRequest(f"{pw}.text must be a string", param=pw)
+                raise BadRequest(f"{pw}.text must be a string", param=f"{pw}.text")
             texts.append(part["text"])
-            parts.append(part)
             continue
-        media = {"image_url": "image", "image": "image", "video_url": "video", "video": "video"}.get(kind)
-        if media is None:
-            raise BadRequest(f"{pw}: unsupported content type {kind!r} (use text, image_url or video_url)", param=pw)
-        url = _url_of(part, kind, pw)
-        if len(attachments) >= limits.max_attachments:
-            raise BadRequest(
-                f"{pw}: too many attachments (at most {limits.max_attachments} per request)", param=pw,
-                code="too_many_attachments",
-            )
-        att = _attachment(media, url, pw, limits)
-        attachments.append(att)
-        parts.append({"type": f"{media}_url", f"{media}_url": {"sha256": att.sha256}})
-    return "\n".join(texts), parts
+        media_kind = _MEDIA_PARTS.get(kind)
+        if media_kind is None:
+            raise BadRequest(f"{pw}: unsupported part type {kind!r} (use {_PART_TYPES})", param=pw)
+        fw = f"{pw}.{kind}"
+        value = part.get(kind)
+        url = value.get("url") if isinstance(value, dict) else value
+        if not isinstance(url, str) or not url:
+            raise BadRequest(f"{fw}: needs a URL (a data: URL or an http(s) URL)", param=fw)
+        media.append(_Media(fw, media_kind, url, kind, part, msg, j))
+        found += 1
+    return "\n".join(texts), found
 
 
-def _url_of(part: dict, kind: str, pw: str) -> str:
-    value = part.get(kind)
-    url = value.get("url") if isinstance(value, dict) else value
-    if not isinstance(url, str) or not url:
-        raise BadRequest(f"{pw}: {kind} needs a URL (a data: URL or http(s) URL)", param=pw)
-    return url
+def _attach(m: _Media, canonical: list[dict], limits: MediaLimits) -> Attachment:
+    """Validate one media part and put its fingerprint in place of its URL in `canonical`."""
+    att = _attachment(m.kind, m.url, m.where, limits)
+    value = m.part[m.field]
+    if att.url is not None:
+        ref: Any = value  # an http(s) URL is its own fingerprint
+    elif isinstance(value, dict):
+        ref = {k: v for k, v in value.items() if k != "url"} | {"sha256": att.sha256}  # keeps e.g. "detail"
+    else:
+        ref = {"sha256": att.sha256}
+    if m.field in ("image_url", "video_url") and isinstance(ref, str):
+        ref = {"url": ref}  # the string shorthand means the same as the object form
+    canonical[m.msg]["content"][m.idx] = {**m.part, m.field: ref}
+    return att
 
 
-def _attachment(kind: Literal["image", "video"], url: str, pw: str, limits: MediaLimits) -> Attachment:
-    if url.startswith(("http://", "https://")):
-        return Attachment(kind, hashlib.sha256(url.encode()).hexdigest(), None, None, url=url)
-    if not url.startswith("data:"):
-        scheme = url.split(":", 1)[0] if ":" in url else "a bare path"
-        raise BadRequest(f"{pw}: unsupported URL scheme {scheme!r}; send a data: URL or an http(s) URL", param=pw)
-    header, sep, payload = url[5:].partition(",")
-    if not sep or not header.endswith(";base64"):
-        raise BadRequest(f"{pw}: a data: URL must be base64 (data:<type>;base64,<data>)", param=pw, code="invalid_base64")
-    mime = header[: -len(";base64")].lower()
+def _attachment(kind: Kind, url: str, where: str, limits: MediaLimits) -> Attachment:
+    head = url[:8].lower()
+    if head.startswith(("http://", "https://")):
+        return Attachment(kind, hashlib.sha256(url.encode()).hexdigest(), None, None, url)
+    if not head.startswith("data:"):
+        scheme = _SCHEME.match(url)
+        what = f"unsupported URL scheme {scheme.group(0)[:-1]!r}" if scheme else "unsupported URL scheme (no scheme: a bare path?)"
+        raise BadRequest(f"{where}: {what}; send a data: URL or an http(s) URL", param=where, code="unsupported_url")
+    comma = url.find(",", 5, _MAX_DATA_HEADER)
+    params = url[5:comma].split(";") if comma > 0 else []
+    if len(params) < 2 or params[-1].strip().lower() != "base64":
+        raise BadRequest(
+            f"{where}: a data: URL must be base64-encoded (data:<type>;base64,<data>)", param=where, code="invalid_base64"
+        )
+    mime = params[0].strip().lower()
     allowed = IMAGE_TYPES if kind == "image" else VIDEO_TYPES
     if mime not in allowed:
-        raise UnsupportedMediaType(f"{pw}: {kind} type {mime!r} is not supported (use {', '.join(allowed)})", param=pw)
+        raise UnsupportedMediaType(
+            f"{where}: {kind} type {mime or '(none)'!r} is not supported (use {', '.join(allowed)})", param=where
+        )
     limit = limits.max_image_bytes if kind == "image" else limits.max_video_bytes
-    if len(payload) * 3 // 4 > limit + 3:  # reject before decoding a huge body
-        raise PayloadTooLarge(f"{pw}: {kind} is about {_mib(len(payload) * 3 // 4)}, over the {_mib(limit)} limit", param=pw)
+    estimate = (len(url) - comma - 1) * 3 // 4
+    if estimate - 2 > limit:  # refuse from the base64 length alone: no 500 MB decode (padding is at most 2)
+        raise PayloadTooLarge(f"{where}: {kind} is {_size(estimate)}, over the {_size(limit)} limit", param=where)
     try:
-        data = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest(f"{pw}: base64 data is not valid", param=pw, code="invalid_base64") from None
+        data = base64.b64decode(url[comma + 1 :], validate=True)
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII characters
+        raise BadRequest(f"{where}: base64 data is not valid", param=where, code="invalid_base64") from None
     if len(data) > limit:
-        raise PayloadTooLarge(f"{pw}: {kind} is {_mib(len(data))}, over the {_mib(limit)} limit", param=pw)
+        raise PayloadTooLarge(f"{where}: {kind} is {_size(len(data))}, over the {_size(limit)} limit", param=where)
     digest = hashlib.sha256(data).hexdigest()
     if kind == "image":
-        width, height = _image_size(data, pw)
-        return Attachment("image", digest, len(data), mime, width=width, height=height)
-    return Attachment("video", digest, len(data), mime, duration_s=video_duration(data))
+        width, height = _image_size(data, where)
+        return Attachment("image", digest, len(data), mime, None, width=width, height=height)
+    return Attachment("video", digest, len(data), mime, None, duration_s=video_duration(data))
 
 
-def _image_size(data: bytes, pw: str) -> tuple[int, int]:
-    """Read the header only (no full decode); a file Pillow cannot identify is not an image."""
-    from PIL import Image, UnidentifiedImageError
-
+def _image_size(data: bytes, where: str) -> tuple[int, int]:
+    """Width and height from the header; `verify()` checks the structure without decoding pixels."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS) as img:
+            size = img.size
             img.verify()
-            return img.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise BadRequest(f"{pw}: the image data is corrupt or not an image", param=pw, code="invalid_image") from None
+            return size
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"{where}: image has too many pixels ({exc})", param=where, code="image_too_large") from None
+    except Exception:  # noqa: BLE001 - Pillow raises many kinds of errors on hostile input; all mean "not an image"
+        raise BadRequest(
+            f"{where}: image data is corrupt or not a PNG, JPEG, WebP, GIF or BMP image", param=where, code="invalid_image"
+        ) from None
 
 
 def video_duration(data: bytes) -> float | None:
-    """Seconds, from the container (PyAV); None when it cannot be read."""
+    """Seconds, from the container header (PyAV); None when it cannot be read.
+
+    An unreadable video is not refused: the model server may still cope, and routing
+    treats an unknown length as a short `video`.
+    """
     try:
-        import av
+        import av  # imported here: heavy, and only video requests need it
 
         with av.open(io.BytesIO(data)) as container:
             if container.duration:
@@ -182,6 +252,23 @@ def video_duration(data: bytes) -> float | None:
             for stream in container.streams.video:
                 if stream.duration and stream.time_base:
                     return float(stream.duration * stream.time_base)
-    except Exception:  # noqa: BLE001 - an unreadable video is routed as `video`, not refused
+    except Exception:  # noqa: BLE001 - any demuxer failure just means "length unknown"
         return None
     return None
+
+
+def _size(n: int) -> str:
+    """Human size for messages: "25.3 MiB", "20 MiB", "12 KiB", "900 bytes"."""
+    for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{n} bytes"
+
+
+def _json_type(value: object) -> str:
+    """Name a JSON value's type the way a client thinks of it."""
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__
+    )
