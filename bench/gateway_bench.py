@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.conftest import free_port, start_gateway, wait_for  # noqa: E402
+from tests.conftest import free_port, start_gateway, wait_for
 
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "Describe a red square."}], "max_tokens": 16}
 
@@ -37,7 +37,7 @@ def rss_mb(pid: int) -> float:
 
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
 def write_config(tmp: Path, worker_url: str) -> Path:

@@ -216,6 +216,8 @@ class Gateway:
             self.metrics.request(lease.tier, meta.cache, lease.waited)
             if key:
                 self.metrics.cache(req.tier, hit=False)
+                self._count_day(lease.tier, "cache_misses")
+            self._count_day(lease.tier, "requests")
             body = {**req.body, "model": tier_cfg.model or req.body.get("model", "")}
             backend = self.backends[tier_cfg.backend]
             try:
@@ -275,7 +277,7 @@ class Gateway:
         `wait=False` answers the client first and releases right after (one Redis round
         trip less on the warm path); the lease is dropped from the heartbeat at once.
         """
-        meta.seconds = time.monotonic() - meta.started - lease.waited
+        meta.seconds = time.monotonic() - meta.started  # `started` is after the wait for the tier
         meta.cost = meta.seconds / 3600 * meta.price_per_hour
 
         async def settle() -> None:

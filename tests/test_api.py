@@ -20,13 +20,13 @@ def png(w: int = 64, h: int = 48) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def image_chat(url: str, text: str = "What is in this image?", **extra) -> dict:  # noqa: ANN003
+def image_chat(url: str, text: str = "What is in this image?", **extra) -> dict:
     content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]
     return {"model": "auto", "messages": [{"role": "user", "content": content}], **extra}
 
 
 @pytest.fixture
-def gw(tmp_path: Path, fresh_redis: str, gateway_factory):  # noqa: ANN001, ANN201
+def gw(tmp_path: Path, fresh_redis: str, gateway_factory):
     routing = "\n".join(
         f'[routing.tasks.{t}]\nspeed = "fast"\nbalanced = "fast"\nquality = "{q}"'
         for t, q in (("caption", "best"), ("ocr", "best"), ("grounding", "best"), ("html", "best"),
@@ -38,7 +38,7 @@ def gw(tmp_path: Path, fresh_redis: str, gateway_factory):  # noqa: ANN001, ANN2
     return gateway_factory(cfg, redis_url=fresh_redis)
 
 
-def test_answer_headers_and_cache_hit(gw) -> None:  # noqa: ANN001
+def test_answer_headers_and_cache_hit(gw) -> None:
     with gw.client() as c:
         first = c.post("/v1/chat/completions", json=image_chat(png()))
         second = c.post("/v1/chat/completions", json=image_chat(png()))
@@ -56,7 +56,7 @@ def test_answer_headers_and_cache_hit(gw) -> None:  # noqa: ANN001
     assert "65x48" in other.json()["choices"][0]["message"]["content"]
 
 
-def test_streamed_miss_then_streamed_hit(gw) -> None:  # noqa: ANN001
+def test_streamed_miss_then_streamed_hit(gw) -> None:
     body = chat("Stream me something.", stream=True)
 
     def run() -> tuple[httpx.Headers, str]:
@@ -83,7 +83,7 @@ def test_streamed_miss_then_streamed_hit(gw) -> None:  # noqa: ANN001
     assert text(s1) == text(s2) and "simulated" in text(s1)
 
 
-def test_cache_bypass_and_mode_routing(gw) -> None:  # noqa: ANN001
+def test_cache_bypass_and_mode_routing(gw) -> None:
     with gw.client() as c:
         r = c.post("/v1/chat/completions", json=chat("hello", tiergate={"cache": False, "mode": "quality"}))
         again = c.post("/v1/chat/completions", json=chat("hello", tiergate={"cache": False, "mode": "quality"}))
@@ -95,7 +95,7 @@ def test_cache_bypass_and_mode_routing(gw) -> None:  # noqa: ANN001
     assert ocr.headers["x-tiergate-task"] == "ocr"
 
 
-def test_identical_concurrent_requests_are_forwarded_once(gw) -> None:  # noqa: ANN001
+def test_identical_concurrent_requests_are_forwarded_once(gw) -> None:
     async def herd() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=gw.url, timeout=60, trust_env=False) as c:
             await c.post("/v1/chat/completions", json={**chat("warm up"), "model": "best"})
@@ -108,7 +108,7 @@ def test_identical_concurrent_requests_are_forwarded_once(gw) -> None:  # noqa: 
     assert len({r.json()["choices"][0]["message"]["content"] for r in responses}) == 1
 
 
-def test_an_interrupted_stream_is_not_cached(gw) -> None:  # noqa: ANN001
+def test_an_interrupted_stream_is_not_cached(gw) -> None:
     body = {**chat("cut me off", stream=True), "model": "best"}
     with gw.client() as c:
         with c.stream("POST", "/v1/chat/completions", json=body) as r:
@@ -139,7 +139,7 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize(("body", "status", "words"), BAD_INPUTS)
-def test_bad_input_gets_a_clear_error_and_starts_nothing(gw, body, status: int, words: str) -> None:  # noqa: ANN001
+def test_bad_input_gets_a_clear_error_and_starts_nothing(gw, body, status: int, words: str) -> None:
     with gw.client() as c:
         if isinstance(body, bytes):
             r = c.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
@@ -170,7 +170,7 @@ def test_full_queue_is_a_429_with_retry_after(tmp_path: Path, fresh_redis: str, 
     assert "max_queue 3" in rejected.json()["error"]["message"]
 
 
-def test_models_tiers_metrics_healthz(gw) -> None:  # noqa: ANN001
+def test_models_tiers_metrics_healthz(gw) -> None:
     with gw.client() as c:
         models = [m["id"] for m in c.get("/v1/models").json()["data"]]
         assert models == ["auto", "fast", "best"]
