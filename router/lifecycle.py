@@ -385,8 +385,10 @@ class Lifecycle:
     # --- admin and callbacks -------------------------------------------------------------
 
     async def admin_start(self, tier_name: str, actor: str) -> None:
+        """Begin a start and return; the boot goes on in the background (watch /api/tiers)."""
         await self.state.clear_failed(tier_name)
-        await self.ensure_transition(tier_name, "started by an admin", actor=actor)
+        self.ensure_transition(tier_name, "started by an admin", actor=actor)
+        await asyncio.sleep(0)
 
     async def admin_stop(self, tier_name: str, actor: str) -> None:
         tier = self.cfg.tiers[tier_name]

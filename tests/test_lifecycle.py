@@ -261,3 +261,19 @@ def test_config_hot_reload_drains_and_stops_a_removed_tier(tmp_path: Path, fresh
     assert (tmp_path / "tiers.toml.bak").read_text() == original
     wait_for(lambda: not listening(gone_port), timeout=20, what="the removed tier's worker to stop")
     assert "tier removed from the config" in [e["reason"] for e in events(fresh_redis, "gone")][-1]
+
+
+def test_the_ready_callback_makes_a_booting_tier_ready(tmp_path: Path, fresh_redis: str, gateway_factory) -> None:
+    """Ready is whichever comes first: the worker's health, or its own authenticated callback."""
+    cfg = write_config(tmp_path, tier_toml("cbready", idle="1h", command=worker_command(boot=60)), cache="enabled = false")
+    gw = gateway_factory(cfg, redis_url=fresh_redis, env={"TIERGATE_ADMIN_TOKEN": "adm", "TIERGATE_CALLBACK_TOKEN": "cbt"})
+    with gw.client() as c:
+        c.post("/api/tiers/cbready/start", headers={"Authorization": "Bearer adm"})
+        wait_for(lambda: gw.tiers()["cbready"]["state"] == "starting", timeout=10, what="boot to begin")
+        time.sleep(1)
+        assert gw.tiers()["cbready"]["state"] == "starting"  # the worker's port is still closed
+        ok = c.post("/api/instances/cbready-0/ready", headers={"Authorization": "Bearer cbt"})
+        assert ok.status_code == 200
+        wait_for(lambda: gw.tiers()["cbready"]["state"] == "ready", timeout=5, what="ready after the callback")
+    ready = [e for e in events(fresh_redis, "cbready") if e["event"] == "ready"]
+    assert len(ready) == 1
