@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib.util
 import logging
+import os
 import sys
 import time
 
@@ -31,6 +32,9 @@ def _config(path: str | None) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _config(args.config)  # a broken config fails before anything heavy is imported
+    # Gradio and gradio_client report usage (with worker URLs) unless told not to.
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     import uvicorn
 
     from .api import create_app
@@ -184,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `tiergate simulate | head`: the reader left; not an error
+        sys.stdout = None  # type: ignore[assignment]
+        return 0
     finally:
         logging.getLogger("tiergate").debug("%s took %.1fs", args.command, time.monotonic() - t0)
 

@@ -457,7 +457,7 @@ class Lifecycle:
             if task is not None and not task.done():
                 continue  # this process is already moving the tier
             view = await self.state.tier(tier.name)
-            in_window = self._in_prewarm_window(tier)
+            in_window = await self._in_prewarm_window(tier)
             if in_window and view.state in ("stopped",) and not view.failed_reason:
                 self.ensure_transition(tier.name, "scheduled pre-warm window")
                 continue
@@ -465,7 +465,8 @@ class Lifecycle:
             if orphaned and not await self.state.lock_holder(tier.name):
                 self.ensure_transition(tier.name, "resuming a transition whose owner is gone", start=False)
                 continue
-            idle_s = policy.keep_alive(tier, await self.state.gaps(tier.name) if tier.policy != "fixed" else [])
+            gaps = await self.state.gaps(tier.name) if tier.policy != "fixed" else []
+            idle_s = policy.keep_alive(tier, gaps, boot_eta(tier, view.boots))
             for inst, iv in zip(tier.instances, view.instances, strict=True):
                 if iv.state in ("stopped", "failed", "") and self._health_due(inst):
                     self._background(self._check_instance(tier, inst, "reconcile"))  # adopt a running machine
@@ -488,12 +489,14 @@ class Lifecycle:
         self._last_health[inst.id] = time.monotonic()
         return True
 
-    def _in_prewarm_window(self, tier: TierConfig) -> bool:
+    async def _in_prewarm_window(self, tier: TierConfig) -> bool:
+        """Inside a scheduled window, or an hour the tier is regularly used (`prewarm_predict`)."""
         if not tier.prewarm and not tier.prewarm_predict:
             return False
         from . import prewarm
 
-        return prewarm.in_window(tier, datetime.now(UTC))
+        history = await self.state.arrivals(tier.name) if tier.prewarm_predict else []
+        return prewarm.in_window(tier, datetime.now(UTC), history)
 
     async def _idle_stop(self, tier: TierConfig, inst: InstanceConfig, idle_s: float) -> None:
         async with self.state.lock(tier.name) as owned:

@@ -14,6 +14,7 @@ Keys (prefix `tg:`):
   lock:{t}        str   owner token of the one process allowed to change the tier
   boots:{t}       list  recent cold-start seconds (newest first)
   gaps:{t}        list  recent idle gaps in seconds (newest first), for the adaptive policy
+  arrivals:{t}    list  when requests arrived at an idle tier (epoch s), for predictive pre-warm
   ledger:{t}      hash  gpu_ms, starts
   day:{t}:{date}  hash  gpu_ms, starts, requests, cache_hits (per UTC day, for the dashboard)
   events          stream  lifecycle events (who started or stopped what, when, why)
@@ -257,8 +258,12 @@ class State:
         await pipe.execute()
 
     async def note_arrival(self, tier: str) -> None:
-        """Record the idle gap this arrival ends (for the adaptive policy), if the tier was idle."""
+        """An arrival at an idle tier: record the gap it ends (adaptive policy) and when (predictive pre-warm)."""
         th = await self.redis.hget(f"{PREFIX}tier:{tier}", "last_end")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lpush(f"{PREFIX}arrivals:{tier}", f"{time.time():.0f}")
+        pipe.ltrim(f"{PREFIX}arrivals:{tier}", 0, 4999)
+        await pipe.execute()
         if th:
             gap = (now_ms() - int(th)) / 1000
             if gap > 1:
@@ -375,6 +380,10 @@ class State:
 
     async def gaps(self, tier: str) -> list[float]:
         return [float(g) for g in await self.redis.lrange(f"{PREFIX}gaps:{tier}", 0, 499)]
+
+    async def arrivals(self, tier: str) -> list[float]:
+        """Epoch seconds of recent arrivals at an idle tier, oldest first."""
+        return sorted(float(a) for a in await self.redis.lrange(f"{PREFIX}arrivals:{tier}", 0, 4999))
 
     async def count_day(self, tier: str, field_name: str, n: int = 1) -> None:
         await self.redis.hincrby(f"{PREFIX}day:{tier}:{day_of(now_ms())}", field_name, n)

@@ -277,3 +277,13 @@ def test_the_ready_callback_makes_a_booting_tier_ready(tmp_path: Path, fresh_red
         wait_for(lambda: gw.tiers()["cbready"]["state"] == "ready", timeout=5, what="ready after the callback")
     ready = [e for e in events(fresh_redis, "cbready") if e["event"] == "ready"]
     assert len(ready) == 1
+
+
+def test_a_prewarm_window_starts_the_tier_and_keeps_it_up(tmp_path: Path, fresh_redis: str, gateway_factory) -> None:
+    extra = 'prewarm = [{cron = "* * * * *", for = "1h"}]'  # a window that is open right now
+    cfg = write_config(tmp_path, tier_toml("morning", idle="1s", extra=extra), cache="enabled = false")
+    gw = gateway_factory(cfg, redis_url=fresh_redis)
+    wait_for(lambda: gw.tiers()["morning"]["state"] == "ready", timeout=20, what="pre-warm with no request")
+    time.sleep(3)  # three idle timeouts later, still up: not idled out inside its window
+    assert gw.tiers()["morning"]["state"] == "ready"
+    assert [e["reason"] for e in events(fresh_redis, "morning") if e["event"] == "starting"] == ["scheduled pre-warm window"]
