@@ -104,18 +104,18 @@ def create_app(cfg: Config, gateway: Gateway | None = None) -> FastAPI:
     async def tiers() -> dict:
         return {"tiers": await gw.tiers_status()}
 
-    @app.post("/api/tiers/{name}/start")
-    async def start_tier(name: str, request: Request) -> dict:
+    @app.post("/api/tiers/{name}/{action}")
+    async def tier_action(name: str, action: str, request: Request) -> dict:
+        """Admin start or stop of a tier (start returns while the boot goes on)."""
         _bearer(request, "TIERGATE_ADMIN_TOKEN", "the admin API")
         _known(name)
-        await gw.lifecycle.admin_start(name, actor=f"admin API from {request.client.host if request.client else '?'}")
-        return {"tier": name, "state": (await gw.state.tier(name)).state}
-
-    @app.post("/api/tiers/{name}/stop")
-    async def stop_tier(name: str, request: Request) -> dict:
-        _bearer(request, "TIERGATE_ADMIN_TOKEN", "the admin API")
-        _known(name)
-        await gw.lifecycle.admin_stop(name, actor=f"admin API from {request.client.host if request.client else '?'}")
+        actor = f"admin API from {request.client.host if request.client else '?'}"
+        if action == "start":
+            await gw.lifecycle.admin_start(name, actor=actor)
+        elif action == "stop":
+            await gw.lifecycle.admin_stop(name, actor=actor)
+        else:
+            raise NotFound(f"no action {action!r} for a tier; use start or stop")
         return {"tier": name, "state": (await gw.state.tier(name)).state}
 
     @app.post("/api/instances/{instance_id}/ready")

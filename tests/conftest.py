@@ -154,6 +154,15 @@ class GatewayProc:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def stop(self) -> None:
+        """SIGTERM, as systemd would; SIGKILL if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, sig)
@@ -202,12 +211,7 @@ def gateway_factory() -> Iterator:
 
     yield make
     for gw in started:
-        if gw.proc.poll() is None:
-            gw.proc.send_signal(signal.SIGTERM)
-            try:
-                gw.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                gw.kill()
+        gw.stop()
 
 
 def chat(text: str = "Describe this picture.", **extra) -> dict:

@@ -47,11 +47,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Gat
     tiers = tier_toml(TIER, idle="30s", command=worker_command(boot=3, tps=20), extra="warm_on_intent = true")
     proc = start_gateway(write_config(tmp, tiers), redis_url=redis_url, env={"TIERGATE_ADMIN_TOKEN": TOKEN})
     yield proc
-    proc.proc.terminate()
-    try:
-        proc.proc.wait(30)
-    except Exception:  # noqa: BLE001
-        proc.kill()
+    proc.stop()
 
 
 @pytest.fixture(scope="module")

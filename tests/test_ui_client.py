@@ -38,11 +38,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Gat
     config = write_config(tmp, tiers, routing=routing)
     proc = start_gateway(config, redis_url=redis_url, env={"TIERGATE_ADMIN_TOKEN": TOKEN})
     yield proc
-    proc.proc.terminate()
-    try:
-        proc.proc.wait(30)
-    except Exception:  # noqa: BLE001
-        proc.kill()
+    proc.stop()
 
 
 @pytest.fixture(scope="module")
