@@ -30,7 +30,9 @@ log = logging.getLogger("tiergate.lifecycle")
 
 SUPERVISE_EVERY = 1.0
 HEALTH_EVERY = {"local": 5.0, "static": 3600.0, "ecs": 30.0}  # seconds between machine checks
-WAIT_TICK = 1.0  # how often a waiter re-reads state when nobody is watching its progress
+WAIT_TICK = 1.0  # how often a waiter whose user watches progress re-reads state (else every 5 s)
+WAIT_TICK_UNWATCHED = 5.0  # a safety re-read only: waiters wake on the tier's pub/sub channel
+LOCK_WAIT_AT_START = 15.0  # how long start-up reconcile waits for another process's transition
 
 
 @dataclass
@@ -169,7 +171,7 @@ class Lifecycle:
                 if on_progress:
                     position = await self.state.queue_position(tier_name, qid)
                     await on_progress(self._progress(tier, view, t0, position))
-                tick = WAIT_TICK if on_progress else 5.0
+                tick = WAIT_TICK if on_progress else WAIT_TICK_UNWATCHED
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), min(tick, remaining))
         finally:
@@ -565,6 +567,3 @@ def _agrees(inst: InstanceConfig, state: str, machine: MachineState, reclaimed: 
     if state == "ready":
         return running and not reclaimed
     return not running or (not inst.adopt_running and inst.provider != "static")
-
-
-LOCK_WAIT_AT_START = 15.0
