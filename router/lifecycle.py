@@ -135,7 +135,7 @@ class Lifecycle:
                 got = await self.state.claim(ids, lease, tier.max_inflight_per_instance)
                 if got:
                     inst_id, url, full, was_idle = got
-                    if was_idle:
+                    if was_idle and not queued:  # a queued request noted its arrival when it joined
                         self._background(self.state.note_arrival(tier_name))
                     if full:
                         self._background(self._scale_out(tier))
@@ -151,7 +151,8 @@ class Lifecycle:
                             f"tier {tier_name!r} has {before} requests waiting (max_queue {tier.max_queue})",
                             headers={"Retry-After": str(max(1, int(tier.boot_seconds)))},
                         )
-                    self._background(self.state.note_arrival(tier_name))
+                    if before == 0:  # the first of a herd ends the idle gap; the rest would repeat it
+                        self._background(self.state.note_arrival(tier_name))
                 view = await self.state.tier(tier_name)
                 st = view.state
                 if st == "failed" and view.failed_at >= arrived:

@@ -64,6 +64,9 @@ def test_a_herd_on_a_stopped_tier_starts_it_once(tmp_path: Path, fresh_redis: st
     tier = gw.tiers()["herd"]
     assert tier["starts"] == 1
     assert tier["state"] == "ready"
+    r = redis.Redis.from_url(fresh_redis)
+    assert r.llen("tg:arrivals:herd") == 1  # one idle period ended, however many requests ended it
+    r.close()
 
 
 def test_two_gateways_on_one_redis_start_and_stop_a_tier_once(tmp_path: Path, fresh_redis: str, gateway_factory) -> None:
