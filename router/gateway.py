@@ -303,7 +303,7 @@ class Gateway:
         self.cache.finish(key, entry)
 
     def _count_day(self, tier: str, what: str) -> None:
-        self.lifecycle._background(self.state.count_day(tier, what))
+        self.lifecycle.background(self.state.count_day(tier, what))
 
     # --- config changes ----------------------------------------------------------------
 
@@ -342,7 +342,7 @@ class Gateway:
         self.state.cfg = new_cfg
         self.lifecycle.cfg = new_cfg
         for tier in gone:
-            self.lifecycle._background(self.lifecycle.retire(tier))
+            self.lifecycle.background(self.lifecycle.retire(tier))
         await self.state.event("*", "config_reloaded", reason=f"{new_cfg.path}: {len(new_cfg.tiers)} tiers")
 
     # --- status ----------------------------------------------------------------------

@@ -136,9 +136,9 @@ class Lifecycle:
                 if got:
                     inst_id, url, full, was_idle = got
                     if was_idle and not queued:  # a queued request noted its arrival when it joined
-                        self._background(self.state.note_arrival(tier_name))
+                        self.background(self.state.note_arrival(tier_name))
                     if full:
-                        self._background(self._scale_out(tier))
+                        self.background(self._scale_out(tier))
                     waited = time.monotonic() - t0
                     if on_progress and queued:
                         await on_progress(Progress(tier_name, "ready", waited, 0, 0))
@@ -152,7 +152,7 @@ class Lifecycle:
                             headers={"Retry-After": str(max(1, int(tier.boot_seconds)))},
                         )
                     if before == 0:  # the first of a herd ends the idle gap; the rest would repeat it
-                        self._background(self.state.note_arrival(tier_name))
+                        self.background(self.state.note_arrival(tier_name))
                 view = await self.state.tier(tier_name)
                 st = view.state
                 if st == "failed" and view.failed_at >= arrived:
@@ -205,7 +205,8 @@ class Lifecycle:
         stage = {"stopping": "waiting for the previous stop", "failed": "retrying"}.get(view.state, "starting machine")
         return Progress(tier.name, stage, elapsed, eta, position)
 
-    def _background(self, coro: Awaitable) -> None:
+    def background(self, coro: Awaitable) -> None:
+        """Run work nobody waits for (bookkeeping, stops, checks) without losing its task."""
         self.track(asyncio.ensure_future(coro))
 
     def track(self, task: asyncio.Future) -> None:
@@ -472,16 +473,16 @@ class Lifecycle:
             idle_s = policy.keep_alive(tier, gaps, boot_eta(tier, view.boots))
             for inst, iv in zip(tier.instances, view.instances, strict=True):
                 if iv.state in ("stopped", "failed", "") and self._health_due(inst):
-                    self._background(self._check_instance(tier, inst, "reconcile"))  # adopt a running machine
+                    self.background(self._check_instance(tier, inst, "reconcile"))  # adopt a running machine
                 if iv.state != "ready" or inst.provider == "static":
                     continue
                 too_long = tier.max_runtime and iv.boot_started and now - iv.boot_started >= tier.max_runtime * 1000
                 if too_long:
-                    self._background(self._forced_stop(tier, inst, f"max_runtime {tier.max_runtime:.0f}s reached"))
+                    self.background(self._forced_stop(tier, inst, f"max_runtime {tier.max_runtime:.0f}s reached"))
                 elif not in_window and iv.inflight == 0 and now - iv.last_active >= idle_s * 1000:
-                    self._background(self._idle_stop(tier, inst, idle_s))
+                    self.background(self._idle_stop(tier, inst, idle_s))
                 elif self._health_due(inst):
-                    self._background(self._check_instance(tier, inst, "periodic health check"))
+                    self.background(self._check_instance(tier, inst, "periodic health check"))
 
     def _health_due(self, inst: InstanceConfig) -> bool:
         """Local checks are free; a cloud API is asked at most every 30 s (its reconcile period)."""
