@@ -1,24 +1,29 @@
 """The HTTP surface: OpenAI-compatible chat, tier status and control, health, metrics.
 
-Routes are thin: they parse, call the Gateway, and turn `TiergateError`s into
-OpenAI-style JSON in one handler, so every failure looks the same to a client.
+Routes are thin: they parse, call the `Gateway` facade, and turn errors into OpenAI-style
+JSON in one place, so every failure looks the same to a client. The chat route is a plain
+Starlette route (the hot path: no dependency injection, no validation models), reading the
+body chunk by chunk so a body over `max_body_size` is refused as soon as it is, however it
+is sent. Who may call what is decided before any route runs, by `access.Guard`.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import os
 from contextlib import asynccontextmanager
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .config import Config
-from .errors import BadRequest, NotFound, PayloadTooLarge, TiergateError, Unauthorized
-from .gateway import Gateway
+from .access import Guard
+from .errors import BadRequest, NotFound, PayloadTooLarge, StateUnavailable, TiergateError, Unauthorized
+from .gateway import Gateway, parse_json
 
 log = logging.getLogger("tiergate.api")
 
@@ -34,11 +39,33 @@ class _Stream(StreamingResponse):
             await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
-def _error(exc: TiergateError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+def error_response(exc: TiergateError) -> Response:
+    return Response(orjson.dumps(exc.body()), status_code=exc.status, headers=exc.headers,
+                    media_type="application/json")
 
 
-def _bearer(request: Request, env: str, what: str) -> None:
+def _state_down(exc: Exception) -> Response:
+    log.warning("shared state unreachable: %s", exc)
+    return error_response(StateUnavailable("the gateway's shared state (Redis) is unreachable; retry in a few seconds",
+                                           headers={"Retry-After": "2"}))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 the moment it passes `limit` (declared or chunked alike)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {int(declared) / 2**20:.1f} MiB, over the {limit / 2**20:.0f} MiB limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the {limit / 2**20:.0f} MiB limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def bearer(request: Request, env: str, what: str) -> None:
     """Constant-time check of `Authorization: Bearer $ENV`; an unset token disables the route."""
     expected = os.environ.get(env, "")
     if not expected:
@@ -48,9 +75,7 @@ def _bearer(request: Request, env: str, what: str) -> None:
         raise Unauthorized(f"{what} needs 'Authorization: Bearer ${env}'")
 
 
-def create_app(cfg: Config, gateway: Gateway | None = None) -> FastAPI:
-    gw = gateway or Gateway(cfg)
-
+def create_app(gw: Gateway) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await gw.start()
@@ -59,37 +84,38 @@ def create_app(cfg: Config, gateway: Gateway | None = None) -> FastAPI:
         finally:
             await gw.aclose()
 
-    app = FastAPI(title="tiergate", version="0.1.0", lifespan=lifespan, docs_url="/api/docs", redoc_url=None)
+    app = FastAPI(title="tiergate", version="0.2.0", lifespan=lifespan, docs_url="/api/docs", redoc_url=None)
     app.state.gateway = gw
 
     @app.exception_handler(TiergateError)
-    async def _tiergate_error(request: Request, exc: TiergateError) -> JSONResponse:
-        return _error(exc)
+    async def _tiergate_error(request: Request, exc: TiergateError) -> Response:
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(BadRequest(f"invalid request: {exc.errors()[0].get('msg', 'bad input')}"))
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(BadRequest(f"invalid request: {exc.errors()[0].get('msg', 'bad input')}"))
 
-    @app.post("/v1/chat/completions")
+    for kind in (RedisConnectionError, RedisTimeoutError):
+        app.add_exception_handler(kind, lambda request, exc: _state_down(exc))
+
     async def chat(request: Request) -> Response:
-        limit = gw.cfg.gateway.max_body_size
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"request body is {int(declared) / 2**20:.1f} MiB, over the {limit / 2**20:.0f} MiB limit")
-        raw = await request.body()
-        if len(raw) > limit:
-            raise PayloadTooLarge(f"request body is over the {limit / 2**20:.0f} MiB limit")
+        """POST /v1/chat/completions: the hot path."""
         try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise BadRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-        req = await gw.prepare_async(body, len(raw))
-        answer = await gw.answer(req)
+            raw = await read_body(request, gw.cfg.gateway.max_body_size)
+            body = parse_json(raw)
+            req = await gw.prepare_async(body, len(raw))
+            answer = await gw.answer(req, asker=request.scope.get("tiergate.asker", ""))
+        except TiergateError as exc:
+            return error_response(exc)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            return _state_down(exc)
         headers = answer.meta.headers()
         if answer.chunks is not None:
             headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
             return _Stream(answer.chunks, media_type="text/event-stream", headers=headers)
-        return Response(json.dumps(answer.response), media_type="application/json", headers=headers)
+        return Response(orjson.dumps(answer.response), media_type="application/json", headers=headers)
+
+    app.add_route("/v1/chat/completions", chat, methods=["POST"])
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -102,44 +128,43 @@ def create_app(cfg: Config, gateway: Gateway | None = None) -> FastAPI:
 
     @app.get("/api/tiers")
     async def tiers() -> dict:
-        return {"tiers": await gw.tiers_status()}
+        return {"tiers": await gw.status()}
 
     @app.post("/api/tiers/{name}/{action}")
     async def tier_action(name: str, action: str, request: Request) -> dict:
-        """Admin start or stop of a tier (start returns while the boot goes on)."""
-        _bearer(request, "TIERGATE_ADMIN_TOKEN", "the admin API")
-        _known(name)
+        """Admin start or stop of a tier (start returns `starting` while the boot goes on)."""
+        bearer(request, "TIERGATE_ADMIN_TOKEN", "the admin API")
         actor = f"admin API from {request.client.host if request.client else '?'}"
         if action == "start":
-            await gw.lifecycle.admin_start(name, actor=actor)
+            state = await gw.start_tier(name, actor=actor)
         elif action == "stop":
-            await gw.lifecycle.admin_stop(name, actor=actor)
+            state = await gw.stop_tier(name, actor=actor)
         else:
             raise NotFound(f"no action {action!r} for a tier; use start or stop")
-        return {"tier": name, "state": (await gw.state.tier(name)).state}
+        return {"tier": name, "state": state}
 
     @app.post("/api/instances/{instance_id}/ready")
     async def instance_ready(instance_id: str, request: Request) -> dict:
-        _bearer(request, "TIERGATE_CALLBACK_TOKEN", "the ready callback")
-        if not await gw.lifecycle.instance_ready(instance_id):
+        bearer(request, "TIERGATE_CALLBACK_TOKEN", "the ready callback")
+        if not await gw.instance_ready(instance_id):
             raise NotFound(f"no instance {instance_id!r} in the config")
         return {"instance": instance_id, "ok": True}
 
     @app.get("/api/events")
     async def events(request: Request, count: int = 100) -> dict:
-        _bearer(request, "TIERGATE_ADMIN_TOKEN", "the admin API")
-        return {"events": await gw.state.events(min(max(count, 1), 1000))}
+        bearer(request, "TIERGATE_ADMIN_TOKEN", "the admin API")
+        return {"events": await gw.events(min(max(count, 1), 1000))}
 
     @app.get("/api/config")
     async def get_config(request: Request) -> Response:
-        _bearer(request, "TIERGATE_ADMIN_TOKEN", "the admin API")
+        bearer(request, "TIERGATE_ADMIN_TOKEN", "the admin API")
         return Response(await gw.config_text(), media_type="application/toml")
 
     @app.put("/api/config")
     async def put_config(request: Request) -> dict:
         """Validate, save atomically (keeping a backup) and hot-reload; nothing is written on errors."""
-        _bearer(request, "TIERGATE_ADMIN_TOKEN", "the admin API")
-        text = (await request.body()).decode("utf-8", errors="replace")
+        bearer(request, "TIERGATE_ADMIN_TOKEN", "the admin API")
+        text = (await read_body(request, 1024 * 1024)).decode("utf-8", errors="replace")
         problems = await gw.save_config(text)
         if problems:
             raise BadRequest("the config has problems; nothing was saved:\n" + "\n".join(problems), code="invalid_config")
@@ -147,19 +172,15 @@ def create_app(cfg: Config, gateway: Gateway | None = None) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        try:
-            await gw.state.redis.ping()
-        except Exception as exc:  # noqa: BLE001 - any failure means we cannot serve
-            return JSONResponse({"ok": False, "error": f"redis: {exc}"}, status_code=503)
+        problem = await gw.healthy()
+        if problem:
+            return JSONResponse({"ok": False, "error": problem}, status_code=503)
         return JSONResponse({"ok": True})
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        body = gw.metrics.render(await gw.tiers_status())
+        body = gw.metrics_text(await gw.status())
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    def _known(name: str) -> None:
-        if name not in gw.cfg.tiers:
-            raise NotFound(f"no tier {name!r}; tiers: {', '.join(gw.cfg.tiers)}")
-
+    app.add_middleware(Guard, gateway=gw)
     return app

@@ -65,6 +65,7 @@ class ResponseCache:
         self._cache = diskcache.Cache(str(directory / "answers"), size_limit=cfg.max_size, eviction_policy="least-recently-used")
         self._pinned = diskcache.Cache(str(directory / "pinned"), size_limit=2**62, eviction_policy="none")
         self._inflight: dict[str, asyncio.Future[Entry | None]] = {}
+        self._unwritten: dict[str, Entry] = {}  # answered, on its way to disk: a repeat must already hit
 
     @property
     def enabled(self) -> bool:
@@ -77,11 +78,16 @@ class ResponseCache:
         return Entry(**raw) if raw is not None else None
 
     async def get(self, key: str) -> Entry | None:
+        if (entry := self._unwritten.get(key)) is not None:
+            return entry
         return await asyncio.to_thread(self._get, key)
 
     async def put(self, entry: Entry) -> None:
         """Store a complete, successful answer (callers never pass partial or failed ones)."""
-        await asyncio.to_thread(self._cache.set, entry.key, entry.__dict__, expire=self.cfg.ttl)
+        try:
+            await asyncio.to_thread(self._cache.set, entry.key, entry.__dict__, expire=self.cfg.ttl)
+        finally:
+            self._unwritten.pop(entry.key, None)
 
     def leader(self, key: str) -> asyncio.Future[Entry | None] | None:
         return self._inflight.get(key)
@@ -92,6 +98,9 @@ class ResponseCache:
         return fut
 
     def finish(self, key: str, entry: Entry | None) -> None:
+        """End the single flight: followers get `entry` (None: ask again); a kept entry hits at once."""
+        if entry is not None:
+            self._unwritten[key] = entry
         fut = self._inflight.pop(key, None)
         if fut is not None and not fut.done():
             fut.set_result(entry)

@@ -35,20 +35,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Gradio and gradio_client report usage (with worker URLs) unless told not to.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    import uvicorn
+    from .server import serve
 
-    from .api import create_app
-    from .gateway import Gateway
-
-    gateway = Gateway(cfg)
-    app = create_app(cfg, gateway)
-    if importlib.util.find_spec("ui.app") is not None:
-        from ui.app import mount
-
-        app = mount(app, gateway, cfg)
-    print(f"tiergate: config {cfg.path}, {len(cfg.tiers)} tiers; http://{args.host}:{args.port}/", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=15)
-    return 0
+    return serve(cfg, args.host, args.port, args.log_level)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -73,13 +62,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 async def _status_rows(cfg: Config) -> list[dict]:
+    from .ledger import Ledger
+    from .providers import billed
     from .redis_server import open_redis
     from .state import State
     from .status import tiers_status
 
     handle = open_redis(cfg)  # the read side only: no supervisor, no providers
     try:
-        return await tiers_status(State(handle.client, cfg), cfg)
+        return await tiers_status(cfg, State(handle.client), Ledger(handle.client), billed(cfg))
     finally:
         await handle.client.aclose()
 

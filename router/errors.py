@@ -21,9 +21,11 @@ class TiergateError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        detail: str = "",
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.detail = detail or message  # for the gateway's log only: may name internal addresses
         if code is not None:
             self.code = code
         self.param = param
@@ -86,6 +88,14 @@ class TierUnavailable(TiergateError):
 class TierTimeout(TierUnavailable):
     status = 504
     code = "tier_timeout"
+
+
+class StateUnavailable(TiergateError):
+    """The shared state (Redis) cannot be reached: nothing can be started or leased right now."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "state_unavailable"
 
 
 class UpstreamError(TiergateError):

@@ -1,117 +1,74 @@
-"""The request path: validate, route, answer from cache or from a tier, account.
+"""The gateway: the one object the front-ends (the HTTP API, the Gradio UI) talk to.
 
-Everything the HTTP API and the Gradio UI do with a chat request goes through
-`Gateway.prepare` and `Gateway.answer`, so both front-ends route, cache and bill alike.
+It assembles the engine (shared state, leases, ledger, lifecycle, admission, supervisor,
+answer path, cache) and offers what a front-end does with it: prepare and answer a chat
+request, show and move tiers, read events and costs, manage cached answers, apply a new
+config. No front-end reaches past it into the engine's parts, so the engine can change
+behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import os
-import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import routing
+from . import status as status_mod
+from .admission import Admission, Progress, ProgressFn
+from .answer import Answer, Answers, Meta
 from .backends.base import Backend
-from .cache import Entry, ResponseCache, cache_key, thumbnail
+from .background import Background
+from .cache import Entry, ResponseCache
 from .config import PACKAGED_CONFIG, Config, ConfigError, parse_config
-from .errors import BadRequest, NotFound, TierUnavailable, WorkerUnreachable
-from .lifecycle import Lease, Lifecycle, ProgressFn
-from .media import MediaLimits, parse_messages
+from .errors import NotFound
+from .leases import Leases
+from .ledger import Ledger
+from .lifecycle import Lifecycle
+from .machine import InstanceState
 from .metrics import Metrics
 from .providers import build_providers
 from .redis_server import RedisHandle, open_redis
-from .sse import SSEReader, replay
+from .request import ChatRequest, limits_of, parse_json, prepare
 from .state import Notifier, State
-from .status import tiers_status
+from .supervisor import Supervisor
 
-log = logging.getLogger("tiergate.gateway")
-
-# Body fields the gateway consumes itself rather than forwarding.
-_OWN_FIELDS = ("tiergate",)
-
-
-@dataclass
-class ChatRequest:
-    body: dict  # what goes to the worker, minus `model`, which the tier decides
-    canonical: list  # messages with media replaced by hashes, for the cache key
-    tier: str
-    task: str
-    task_reason: str
-    mode: str
-    stream: bool
-    use_cache: bool
-    question: str
-    pinned: bool  # the client named the tier
-
-
-@dataclass
-class Meta:
-    """What the client is told about how its answer was produced."""
-
-    tier: str
-    gpu: str
-    task: str
-    cache: str  # hit | miss | bypass
-    wait_ms: int = 0
-    requested_tier: str = ""
-    fallback_reason: str = ""
-    started: float = field(default_factory=time.monotonic)
-    seconds: float = 0.0
-    cost: float = 0.0
-    price_per_hour: float = 0.0  # captured at the start: a hot reload may remove the tier mid-answer
-    model: str = ""
-
-    def headers(self) -> dict[str, str]:
-        h = {
-            "x-tiergate-tier": self.tier,
-            "x-tiergate-task": self.task,
-            "x-tiergate-cache": self.cache,
-            "x-tiergate-wait-ms": str(self.wait_ms),
-        }
-        if self.fallback_reason:
-            h["x-tiergate-fallback"] = self.fallback_reason
-        return h
-
-
-@dataclass
-class Answer:
-    meta: Meta
-    response: dict | None = None  # a complete chat.completion
-    chunks: AsyncIterator[bytes] | None = None  # OpenAI SSE bytes, for stream requests
+__all__ = ["Answer", "ChatRequest", "Entry", "Gateway", "Meta", "Progress", "ProgressFn", "parse_json"]
 
 
 class Gateway:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.limits = MediaLimits(
-            max_image_bytes=cfg.gateway.max_image_size,
-            max_video_bytes=cfg.gateway.max_video_size,
-            max_attachments=cfg.gateway.max_attachments,
-        )
-        self.redis: RedisHandle | None = None
+        self.limits = limits_of(cfg)
         self.cache = ResponseCache(cfg.cache, cfg.data_dir() / "cache")
         self.metrics = Metrics()
-        self.backends: dict[str, Backend] = {}
-        self.lifecycle: Lifecycle
+        self.later = Background()
+        self.redis: RedisHandle | None = None
+
+    # --- assembling and tearing down ----------------------------------------------------
 
     async def start(self) -> None:
         self.redis = open_redis(self.cfg)
         await self.redis.client.ping()
-        self.state = State(self.redis.client, self.cfg)
-        self.notifier = Notifier(self.redis.client)
+        client = self.redis.client
+        self.state = State(client)
+        self.leases = Leases(client, self.state.gateway_id)
+        self.ledger = Ledger(client)
+        self.notifier = Notifier(client)
         self.notifier.start()
-        self.backends = _build_backends(self.cfg, self.cfg.gateway.request_timeout)
+        self.backends = build_backends(self.cfg)
         self.providers = build_providers(self.cfg)
-        self.lifecycle = Lifecycle(self.cfg, self.state, self.notifier, self.providers, self.backends)
+        self.lifecycle = Lifecycle(self.cfg, self.state, self.ledger, self.notifier, self.providers, self.backends)
+        self.admission = Admission(self.cfg, self.state, self.leases, self.ledger, self.notifier, self.lifecycle)
+        self.supervisor = Supervisor(self.cfg, self.state, self.leases, self.ledger, self.lifecycle)
+        self.answers = Answers(self.cfg, self.cache, self.admission, self.lifecycle, self.leases, self.ledger,
+                               self.backends, self.metrics, self.later)
         await self.lifecycle.start()
+        self.supervisor.start()
 
     async def aclose(self) -> None:
+        await self.supervisor.stop()
+        await self.later.drain()
         await self.lifecycle.shutdown()
         await self.notifier.aclose()
         for b in self.backends.values():
@@ -122,53 +79,11 @@ class Gateway:
         if self.redis is not None:
             await self.redis.aclose()
 
-    # --- validation and routing ------------------------------------------------------
+    # --- chat ------------------------------------------------------------------------------
 
     def prepare(self, body: Any) -> ChatRequest:
-        """Check everything about a request before any machine is touched."""
-        if not isinstance(body, dict):
-            raise BadRequest("the request body must be a JSON object", code="invalid_body")
-        opts = body.get("tiergate") or {}
-        if not isinstance(opts, dict):
-            raise BadRequest("`tiergate` must be an object like {\"mode\": \"speed\"}", param="tiergate")
-        unknown = set(opts) - {"mode", "task", "cache"}
-        if unknown:
-            raise BadRequest(f"unknown tiergate option(s): {', '.join(sorted(unknown))}", param="tiergate")
-        stream = body.get("stream", False)
-        if not isinstance(stream, bool):
-            raise BadRequest("`stream` must be true or false", param="stream")
-        parsed = parse_messages(body.get("messages"), self.limits)
-        mode = opts.get("mode") or self.cfg.routing.default_mode
-        if mode not in routing.MODES:
-            raise BadRequest(f"unknown mode {mode!r}; use one of {', '.join(routing.MODES)}", param="tiergate.mode")
-        task, reason = routing.explain(parsed, self.cfg.routing.long_video_seconds)
-        if opts.get("task"):
-            if opts["task"] not in routing.TASKS:
-                raise BadRequest(f"unknown task {opts['task']!r}; use one of {', '.join(routing.TASKS)}", param="tiergate.task")
-            task, reason = opts["task"], "chosen by the client"
-        model = body.get("model") or "auto"
-        if model == "auto":
-            tier = routing.pick_tier(
-                {t: r.model_dump() for t, r in self.cfg.routing.tasks.items()} or self._default_routes(), task, mode
-            )
-        elif model in self.cfg.tiers:
-            tier = model
-        else:
-            raise NotFound(
-                f"unknown model {model!r}; use 'auto' or a tier: {', '.join(self.cfg.tiers)}", param="model", code="model_not_found"
-            )
-        use_cache = opts.get("cache", True)
-        if not isinstance(use_cache, bool):
-            raise BadRequest("`tiergate.cache` must be true or false", param="tiergate.cache")
-        forward = {k: v for k, v in body.items() if k not in _OWN_FIELDS}
-        return ChatRequest(
-            body=forward, canonical=parsed.canonical, tier=tier, task=task, task_reason=reason, mode=mode,
-            stream=stream, use_cache=use_cache and self.cache.enabled, question=(parsed.last_user or parsed.text)[-500:], pinned=model != "auto",
-        )
-
-    def _default_routes(self) -> dict[str, dict[str, str]]:
-        first = next(iter(self.cfg.tiers))
-        return {"caption": dict.fromkeys(routing.MODES, first)}
+        """Check everything about a request before any machine is touched (4xx naming what is wrong)."""
+        return prepare(body, self.cfg, self.limits)
 
     async def prepare_async(self, body: Any, size: int) -> ChatRequest:
         """Large bodies (images, video) are decoded in a thread, off the event loop."""
@@ -176,144 +91,115 @@ class Gateway:
             return await asyncio.to_thread(self.prepare, body)
         return self.prepare(body)
 
-    # --- answering -------------------------------------------------------------------
+    async def answer(self, req: ChatRequest, on_progress: ProgressFn | None = None, asker: str = "") -> Answer:
+        """From the cache, or from the routed tier (booting it and reporting progress if it must)."""
+        return await self.answers.answer(req, on_progress, asker)
 
-    async def answer(self, req: ChatRequest, on_progress: ProgressFn | None = None) -> Answer:
-        tier_cfg = self.cfg.tiers.get(req.tier)
-        if tier_cfg is None:  # removed by a config reload since the request was prepared
-            raise TierUnavailable(f"tier {req.tier!r} was removed from the config; send the request again")
-        key = cache_key(tier_cfg.model or req.tier, req.canonical, req.body) if req.use_cache else ""
-        if key:
-            entry = await self.cache.get(key)
-            if entry is None and (leader := self.cache.leader(key)) is not None:
-                entry = await asyncio.shield(leader)  # an identical request is being answered: share it
-            if entry is not None:
-                return self._from_cache(req, entry)
-            self.cache.begin(key)
+    async def warm(self, req: ChatRequest, why: str) -> bool:
+        """Warm-up on intent: boot the tier a prepared request would go to, if it wants that and is down."""
+        tier = self.cfg.tiers.get(req.tier)
+        if tier is None or not tier.warm_on_intent:
+            return False
+        view = await self.lifecycle.view(tier)
+        if view.state not in (InstanceState.STOPPED, InstanceState.FAILED):
+            return False
+        self.lifecycle.ensure(req.tier, why, started_by="intent", actor="chat UI")
+        return True
+
+    async def present(self, askers: list[str]) -> None:
+        """These UI sessions have their page open (the idle policy keeps a tier for a present asker)."""
+        await self.ledger.present(askers)
+
+    async def gone(self, asker: str) -> None:
+        await self.ledger.gone(asker)
+
+    # --- tiers -----------------------------------------------------------------------------
+
+    async def status(self) -> list[dict]:
+        return await status_mod.tiers_status(self.cfg, self.state, self.ledger, self.lifecycle.billed)
+
+    async def tier_state(self, name: str) -> str:
+        return str((await self.lifecycle.view(self._tier(name))).state)
+
+    async def start_tier(self, name: str, actor: str) -> str:
+        """Begin a start and return the tier's state (`starting`); the boot goes on in the background."""
+        self._tier(name)
+        await self.lifecycle.admin_start(name, actor=actor)
+        return await self.tier_state(name)
+
+    async def prewarm(self, name: str, actor: str) -> None:
+        self._tier(name)
+        self.lifecycle.ensure(name, "pre-warmed by an admin", started_by="admin", actor=actor)
+
+    async def stop_tier(self, name: str, actor: str) -> str:
+        self._tier(name)
+        await self.lifecycle.admin_stop(name, actor=actor)
+        return await self.tier_state(name)
+
+    async def instance_ready(self, instance_id: str) -> bool:
+        return await self.lifecycle.instance_ready(instance_id)
+
+    async def events(self, count: int = 100) -> list[dict[str, str]]:
+        return await self.state.events(count)
+
+    async def daily_costs(self, days: int) -> list[dict]:
+        return await status_mod.daily(self.cfg, self.state, self.ledger, days)
+
+    async def healthy(self) -> str:
+        """'' when the gateway can serve, else what is wrong."""
         try:
-            return await self._forward(req, key, on_progress)
-        except BaseException:
-            if key:
-                self.cache.finish(key, None)
-            raise
+            await self.state.redis.ping()
+        except Exception as exc:  # noqa: BLE001 - any failure means we cannot serve
+            return f"redis: {exc}"
+        return ""
 
-    def _from_cache(self, req: ChatRequest, entry: Entry) -> Answer:
-        meta = Meta(tier=entry.tier, gpu=self.cfg.tiers[entry.tier].gpu if entry.tier in self.cfg.tiers else "",
-                    task=req.task, cache="hit", requested_tier=req.tier)
-        self.metrics.cache(req.tier, hit=True)
-        self._count_day(entry.tier, "cache_hits")
-        if req.stream:
-            return Answer(meta, chunks=replay(entry.response))
-        return Answer(meta, response=entry.response)
+    def metrics_text(self, rows: list[dict]) -> bytes:
+        return self.metrics.render(rows)
 
-    async def _forward(self, req: ChatRequest, key: str, on_progress: ProgressFn | None) -> Answer:
-        for attempt in (1, 2):
-            lease = await self.lifecycle.acquire(req.tier, on_progress)
-            tier_cfg = self.cfg.tiers[lease.tier]
-            meta = Meta(tier=lease.tier, gpu=tier_cfg.gpu, task=req.task, cache="miss" if key else "bypass",
-                        wait_ms=int(lease.waited * 1000), requested_tier=req.tier, fallback_reason=lease.fallback_reason,
-                        price_per_hour=tier_cfg.price_per_hour, model=tier_cfg.model)
-            self.metrics.request(lease.tier, meta.cache, lease.waited)
-            if key:
-                self.metrics.cache(req.tier, hit=False)
-                self._count_day(lease.tier, "cache_misses")
-            self._count_day(lease.tier, "requests")
-            body = {**req.body, "model": tier_cfg.model or req.body.get("model", "")}
-            backend = self.backends[tier_cfg.backend]
-            try:
-                if req.stream:
-                    chunks = backend.stream(lease.url, body)
-                    first = await chunks.__anext__()  # a refusal surfaces here, before any byte is sent
-                    return Answer(meta, chunks=self._pass_through(req, key, lease, meta, first, chunks))
-                response = await backend.complete(lease.url, body)
-            except WorkerUnreachable as exc:
-                await self._end(lease, meta)
-                await self.lifecycle.report_broken(lease, str(exc))
-                if attempt == 2:
-                    raise
-                continue  # the instance vanished under us (crash, spot reclaim): once more, elsewhere
-            except BaseException:
-                await self._end(lease, meta)
-                raise
-            await self._end(lease, meta, wait=False)
-            if key:
-                await self._store(req, key, meta, response)
-            return Answer(meta, response=response)
-        raise AssertionError("unreachable")
+    def _tier(self, name: str):
+        if name not in self.cfg.tiers:
+            raise NotFound(f"no tier {name!r}; tiers: {', '.join(self.cfg.tiers)}")
+        return self.cfg.tiers[name]
 
-    async def _pass_through(
-        self, req: ChatRequest, key: str, lease: Lease, meta: Meta, first: bytes, chunks: AsyncIterator[bytes]
-    ) -> AsyncIterator[bytes]:
-        """Yield the worker's bytes as they come; cache the answer only if it ended properly.
+    # --- cached answers (the presenter) ------------------------------------------------------
 
-        The lease is held until the last byte, so an idle stop never cuts a stream.
-        """
-        reader = SSEReader() if key else None
-        stored = False
+    async def cached(self, query: str = "") -> list[Entry]:
+        return await self.cache.entries(query)
+
+    async def cached_entry(self, key: str) -> Entry | None:
+        return await self.cache.get(key) if key else None
+
+    async def pin(self, key: str, pinned: bool) -> bool:
+        return await self.cache.pin(key, pinned)
+
+    async def export(self, keys: list[str] | None) -> bytes:
+        return await self.cache.export(keys)
+
+    async def import_set(self, data: bytes) -> int:
+        return await self.cache.import_set(data)
+
+    # --- the config ---------------------------------------------------------------------
+
+    def config_path(self) -> Path:
+        return Path(self.cfg.path) if self.cfg.path else PACKAGED_CONFIG
+
+    async def config_text(self) -> str:
+        return await asyncio.to_thread(self.config_path().read_text, encoding="utf-8")
+
+    async def check_config(self, text: str) -> tuple[Config | None, list[str]]:
+        """Validate without saving: (the config, []) or (None, every problem as FILE:LINE: message)."""
         try:
-            if reader:
-                reader.feed(first)
-            yield first
-            async for chunk in chunks:
-                if reader:
-                    reader.feed(chunk)
-                yield chunk
-            if reader and reader.complete:
-                await self._store(req, key, meta, reader.completion())
-                stored = True
-        finally:
-            # Runs also when the client hangs up, inside a cancelled task: settle the
-            # single-flight slot first (no await), then release the lease in a shielded
-            # task so a cancellation cannot leave it held (and the machine pinned on).
-            if key and not stored:
-                self.cache.finish(key, None)
-            await self._end(lease, meta, chunks)
-
-    async def _end(
-        self, lease: Lease, meta: Meta, chunks: AsyncIterator[bytes] | None = None, *, wait: bool = True
-    ) -> None:
-        """Account the request and release its lease, even from a task being cancelled.
-
-        `wait=False` answers the client first and releases right after (one Redis round
-        trip less on the warm path); the lease is dropped from the heartbeat at once.
-        """
-        meta.seconds = time.monotonic() - meta.started  # `started` is after the wait for the tier
-        meta.cost = meta.seconds / 3600 * meta.price_per_hour
-
-        async def settle() -> None:
-            if chunks is not None:
-                with contextlib.suppress(Exception):
-                    await chunks.aclose()  # type: ignore[attr-defined]
-            await self.lifecycle.release(lease)
-
-        task = asyncio.ensure_future(settle())
-        self.lifecycle.track(task)
-        if wait:
-            await asyncio.shield(task)
-
-    async def _store(self, req: ChatRequest, key: str, meta: Meta, response: dict) -> None:
-        choices = response.get("choices") or []
-        if not choices or choices[0].get("finish_reason") not in ("stop", "length", "tool_calls"):
-            self.cache.finish(key, None)
-            return  # only complete, successful answers are kept
-        thumb = await asyncio.to_thread(thumbnail, req.body.get("messages") or [])
-        entry = Entry(key=key, response=response, tier=meta.tier, task=req.task, model=meta.model,
-                      question=req.question, created=time.time(), thumbnail=thumb)
-        await self.cache.put(entry)
-        self.cache.finish(key, entry)
-
-    def _count_day(self, tier: str, what: str) -> None:
-        self.lifecycle.background(self.state.count_day(tier, what))
-
-    # --- config changes ----------------------------------------------------------------
+            return await asyncio.to_thread(parse_config, text, self.cfg.path or "tiers.toml"), []
+        except ConfigError as exc:
+            return None, exc.problems
 
     async def save_config(self, text: str) -> list[str]:
         """Validate, then atomically replace the config (keeping a backup) and hot-reload it.
 
         Returns the problems instead when there are any; nothing is written then.
         """
-        target = Path(self.cfg.path)
-        if not self.cfg.path or target.resolve() == PACKAGED_CONFIG.resolve():
+        target = self.config_path()
+        if target.resolve() == PACKAGED_CONFIG.resolve():
             target = Path("tiers.toml")  # never write into the installed package
         try:
             new_cfg = parse_config(text, str(target))
@@ -323,37 +209,36 @@ class Gateway:
         await self.reload(new_cfg)
         return []
 
-    async def config_text(self) -> str:
-        path = Path(self.cfg.path) if self.cfg.path else PACKAGED_CONFIG
-        return await asyncio.to_thread(path.read_text, encoding="utf-8")
-
     async def reload(self, new_cfg: Config) -> None:
         """Switch to a new config without dropping requests in flight.
 
-        Tiers that disappear are drained (their in-flight requests finish) and stopped.
+        Everything read from the config follows: routing, tiers, media limits, the backends'
+        request timeout, the ECS settings. Tiers that disappear are drained and stopped.
         """
         gone = [self.cfg.tiers[n] for n in self.cfg.tiers if n not in new_cfg.tiers]
+        if new_cfg.providers.ecs != self.cfg.providers.ecs and "ecs" in self.providers:
+            old = self.providers.pop("ecs")
+            self.lifecycle.background(old.aclose())
         for kind, provider in build_providers(new_cfg).items():
             self.providers.setdefault(kind, provider)
-        for kind, backend in _build_backends(new_cfg, new_cfg.gateway.request_timeout).items():
+        for kind, backend in build_backends(new_cfg).items():
             self.backends.setdefault(kind, backend)
+        for backend in self.backends.values():
+            backend.timeout = new_cfg.gateway.request_timeout
+        self.limits = limits_of(new_cfg)
         self.cfg = new_cfg
         self.cache.cfg = new_cfg.cache
-        self.state.cfg = new_cfg
-        self.lifecycle.cfg = new_cfg
+        for part in (self.lifecycle, self.admission, self.supervisor, self.answers):
+            part.cfg = new_cfg
         for tier in gone:
             self.lifecycle.background(self.lifecycle.retire(tier))
         await self.state.event("*", "config_reloaded", reason=f"{new_cfg.path}: {len(new_cfg.tiers)} tiers")
 
-    # --- status ----------------------------------------------------------------------
 
-    async def tiers_status(self) -> list[dict]:
-        return await tiers_status(self.state, self.cfg)
-
-
-def _build_backends(cfg: Config, timeout: float) -> dict[str, Backend]:
+def build_backends(cfg: Config) -> dict[str, Backend]:
     """Only the backends the tiers use; the Gradio client is imported only when needed."""
     kinds = {t.backend for t in cfg.tiers.values()}
+    timeout = cfg.gateway.request_timeout
     out: dict[str, Backend] = {}
     if "openai" in kinds:
         from .backends.openai import OpenAIBackend

@@ -1,11 +1,11 @@
-"""Tier lifecycle: the state machine of every tier and the one owner of its transitions.
+"""Carrying out transitions: start and watch a boot, stop, give up, adopt, reconcile.
 
-Requests never start or stop machines themselves. They lease a ready instance
-(`acquire`), and when none is ready they ask for a start and wait for the tier's pub/sub
-channel. Every transition (start, boot watch, idle stop, admin stop, takeover after a
-crash) runs in a task that holds the tier's Redis lock and re-reads the state under it.
-The supervisor loop in every gateway process finds work nobody owns: idle instances,
-boots or stops whose owner died, workers that vanished. See router/DESIGN.md.
+Every piece of work here runs inside the tier's owner lock (one process at a time per
+tier) and changes an instance only through `State.transition`, the compare-and-swap that
+refuses a move from a state the instance is no longer in. So an action decided on a read
+that went stale in between changes nothing. What to do and when is decided elsewhere:
+`decide.py` (idle stops, pre-warm, boot give-ups, scale-out), `admission.py` (requests that
+need a tier up), the admin; this module only knows how. See router/DESIGN.md.
 """
 
 from __future__ import annotations
@@ -13,60 +13,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import statistics
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Mapping
 
-from . import policy
-from .backends.base import Backend
+from .backends.base import Backend, Identity
+from .background import Background
 from .config import Config, InstanceConfig, TierConfig
-from .errors import QueueFull, TierTimeout, TierUnavailable
+from .decide import Action, History, InstanceFacts, TierFacts, decide
+from .errors import TierUnavailable
+from .ledger import Ledger, day_gpu_ms, day_of, day_start_ms
+from .machine import InstanceState as S
 from .providers.base import MachineState, MachineStatus, Misconfigured, NoCapacity, Provider
-from .state import Notifier, State, TierView, now_ms
+from .state import LockLost, Notifier, State, TierView, now_ms
 
 log = logging.getLogger("tiergate.lifecycle")
 
-SUPERVISE_EVERY = 1.0
-HEALTH_EVERY = {"local": 5.0, "static": 3600.0, "ecs": 30.0}  # seconds between machine checks
-WAIT_TICK = 1.0  # how often a waiter whose user watches progress re-reads state (else every 5 s)
-WAIT_TICK_UNWATCHED = 5.0  # a safety re-read only: waiters wake on the tier's pub/sub channel
 LOCK_WAIT_AT_START = 15.0  # how long start-up reconcile waits for another process's transition
-
-
-@dataclass
-class Progress:
-    """What a waiting request can tell its user while the tier boots."""
-
-    tier: str
-    stage: str  # queued | starting machine | loading model | ready | failed | fallback
-    elapsed: float
-    eta: float | None
-    position: int
-    message: str = ""
-
-
-@dataclass
-class Lease:
-    """A request's hold on one ready instance; the instance is not idled out while held."""
-
-    tier: str
-    instance: str
-    url: str
-    id: str
-    waited: float  # seconds spent waiting for the tier to become ready
-    requested_tier: str
-    fallback_reason: str = ""
-
-
-ProgressFn = Callable[[Progress], Awaitable[None]]
-
-
-def boot_eta(tier: TierConfig, history: list[float]) -> float:
-    """Median of recent boots, or the configured estimate before there is any history."""
-    recent = history[:10]
-    return statistics.median(recent) if recent else tier.boot_seconds
+BOOT_TICK = 0.25  # a boot watch re-reads the instance at least this often (it also wakes on pub/sub)
+DEAD_AFTER = 10.0  # a machine reported stopped this long after its start (never seen up) did not start
 
 
 class Lifecycle:
@@ -74,149 +38,45 @@ class Lifecycle:
         self,
         cfg: Config,
         state: State,
+        ledger: Ledger,
         notifier: Notifier,
         providers: dict[str, Provider],
         backends: dict[str, Backend],
     ) -> None:
         self.cfg = cfg
         self.state = state
+        self.ledger = ledger
         self.notifier = notifier
         self.providers = providers
         self.backends = backends
-        self._tasks: dict[str, asyncio.Task] = {}  # tier -> its running transition in this process
-        self._bg: set[asyncio.Task] = set()
-        self._loops: list[asyncio.Task] = []
-        self._last_health: dict[str, float] = {}
+        self._tasks: dict[str, asyncio.Task] = {}  # tier -> the transition this process runs for it
+        self.tasks = Background()  # stops and checks nobody waits for
 
-    # --- process start and stop ---------------------------------------------------------
+    # --- bookkeeping of this process's work ---------------------------------------------
 
-    async def start(self) -> None:
-        local = self.providers.get("local")
-        if local is not None:
-            for inst_id in local.kill_leftovers():  # type: ignore[attr-defined]
-                log.warning("killed leftover worker %s of a gateway that died", inst_id)
-        await self.state.epoch()
-        await self.reconcile()
-        self._loops = [asyncio.create_task(self._supervise()), asyncio.create_task(self._heartbeat())]
+    def busy(self, tier: str) -> bool:
+        task = self._tasks.get(tier)
+        return task is not None and not task.done()
 
-    async def shutdown(self) -> None:
-        """Stop what this process owns: its local workers must not outlive it."""
-        for t in self._loops:
-            t.cancel()
-        for t in list(self._tasks.values()) + list(self._bg):
-            t.cancel()
-        await asyncio.gather(*self._loops, *self._tasks.values(), *self._bg, return_exceptions=True)
-        local = self.providers.get("local")
-        if local is not None:
-            for tier in self.cfg.tiers.values():
-                for inst in tier.instances:
-                    if inst.provider == "local" and inst.id in local._children:  # type: ignore[attr-defined]
-                        with contextlib.suppress(Exception):
-                            async with self.state.lock(tier.name, wait=5) as owned:
-                                if owned:
-                                    await self._stop_instance(tier, inst, "the gateway is shutting down")
-            local.kill_own()  # type: ignore[attr-defined]
+    def background(self, coro: Awaitable) -> asyncio.Future:
+        return self.tasks.spawn(coro)
 
-    # --- the request path ---------------------------------------------------------------
+    async def view(self, tier: TierConfig) -> TierView:
+        return await self.state.tier(tier.name, [i.id for i in tier.instances])
 
-    async def acquire(self, tier_name: str, on_progress: ProgressFn | None = None, _tried: tuple[str, ...] = ()) -> Lease:
-        """Lease a ready instance of `tier_name`, starting the tier and waiting if needed."""
-        tier = self.cfg.tiers[tier_name]
-        ids = [i.id for i in tier.instances]
-        lease = self.state.new_lease()
-        qid = lease + ":q"
-        t0 = time.monotonic()
-        arrived = now_ms()
-        deadline = t0 + tier.boot_timeout + 15
-        queued = False
-        try:
-            while True:
-                changed = self.notifier.waiter(tier_name)
-                got = await self.state.claim(ids, lease, tier.max_inflight_per_instance)
-                if got:
-                    inst_id, url, full, was_idle = got
-                    if was_idle and not queued:  # a queued request noted its arrival when it joined
-                        self.background(self.state.note_arrival(tier_name))
-                    if full:
-                        self.background(self._scale_out(tier))
-                    waited = time.monotonic() - t0
-                    if on_progress and queued:
-                        await on_progress(Progress(tier_name, "ready", waited, 0, 0))
-                    return Lease(tier_name, inst_id, url, lease, waited, _tried[0] if _tried else tier_name)
-                if not queued:
-                    before = await self.state.enqueue(tier_name, qid)
-                    queued = True
-                    if before >= tier.max_queue:
-                        raise QueueFull(
-                            f"tier {tier_name!r} has {before} requests waiting (max_queue {tier.max_queue})",
-                            headers={"Retry-After": str(max(1, int(tier.boot_seconds)))},
-                        )
-                    if before == 0:  # the first of a herd ends the idle gap; the rest would repeat it
-                        self.background(self.state.note_arrival(tier_name))
-                view = await self.state.tier(tier_name)
-                st = view.state
-                if st == "failed" and view.failed_at >= arrived:
-                    # the start this request waited for failed: the fallback, or a clear error
-                    return await self._fall_back(tier, view.failed_reason, on_progress, (*_tried, tier_name))
-                if st in ("stopped", "failed"):
-                    # idempotent: one task per process, and the tier lock makes it one start overall
-                    self.ensure_transition(tier_name, "a request arrived")
-                elif st in ("starting", "stopping") and not await self.state.lock_holder(tier_name):
-                    self.ensure_transition(tier_name, "resuming a transition whose owner is gone")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TierTimeout(
-                        f"tier {tier_name!r} ({tier.gpu}) did not become ready within "
-                        f"{tier.boot_timeout:.0f}s (state: {st})"
-                    )
-                if on_progress:
-                    position = await self.state.queue_position(tier_name, qid)
-                    await on_progress(self._progress(tier, view, t0, position))
-                tick = WAIT_TICK if on_progress else WAIT_TICK_UNWATCHED
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), min(tick, remaining))
-        finally:
-            if queued:
-                await self.state.dequeue(tier_name, qid)
+    def provider(self, inst: InstanceConfig) -> Provider:
+        return self.providers[inst.provider]
 
-    async def release(self, lease: Lease) -> None:
-        await self.state.release(lease.id, lease.tier)
+    @property
+    def billed(self) -> dict[str, bool]:
+        return {kind: p.billed for kind, p in self.providers.items()}
 
-    async def _fall_back(
-        self, tier: TierConfig, reason: str, on_progress: ProgressFn | None, tried: tuple[str, ...]
-    ) -> Lease:
-        target = tier.fallback
-        if not target or target in tried:
-            raise TierUnavailable(f"tier {tier.name!r} ({tier.gpu}) could not be started: {reason}")
-        if on_progress:
-            await on_progress(Progress(tier.name, "fallback", 0, None, 0, f"{tier.name} failed ({reason}); using {target}"))
-        lease = await self.acquire(target, on_progress, tried)
-        lease.fallback_reason = f"tier {tier.name!r} could not be started ({reason}); answered by {target!r}"
-        return lease
+    # --- starting ------------------------------------------------------------------------
 
-    def _progress(self, tier: TierConfig, view: TierView, t0: float, position: int) -> Progress:
-        elapsed = time.monotonic() - t0
-        booting = [i for i in view.instances if i.state == "starting"]
-        eta = boot_eta(tier, view.boots)
-        if booting:
-            since = (now_ms() - booting[0].boot_started) / 1000
-            stage = booting[0].stage or "starting machine"
-            return Progress(tier.name, stage, elapsed, max(0.0, eta - since), position)
-        stage = {"stopping": "waiting for the previous stop", "failed": "retrying"}.get(view.state, "starting machine")
-        return Progress(tier.name, stage, elapsed, eta, position)
-
-    def background(self, coro: Awaitable) -> None:
-        """Run work nobody waits for (bookkeeping, stops, checks) without losing its task."""
-        self.track(asyncio.ensure_future(coro))
-
-    def track(self, task: asyncio.Future) -> None:
-        """Keep a reference to a task that must finish even if its caller goes away."""
-        self._bg.add(task)
-        task.add_done_callback(self._bg.discard)
-
-    # --- transitions: only ever inside the tier's lock ------------------------------------
-
-    def ensure_transition(self, tier_name: str, reason: str, *, actor: str = "", start: bool = True) -> asyncio.Task:
+    def ensure(
+        self, tier_name: str, reason: str, *, started_by: str = "request", actor: str = "",
+        start: bool = True, scale: bool = False,
+    ) -> asyncio.Task:
         """Run (at most one per process) the task that brings the tier where it should be.
 
         It first finishes any boot or stop whose owner is gone; with `start`, it then makes
@@ -224,200 +84,226 @@ class Lifecycle:
         """
         task = self._tasks.get(tier_name)
         if task is None or task.done():
-            task = asyncio.create_task(self._start_tier(self.cfg.tiers[tier_name], reason, actor, start=start))
+            tier = self.cfg.tiers[tier_name]
+            task = asyncio.create_task(self._own(tier, reason, started_by, actor, start=start, scale=scale))
             self._tasks[tier_name] = task
         return task
 
-    async def _start_tier(
-        self, tier: TierConfig, reason: str, actor: str = "", *, scale: bool = False, start: bool = True
-    ) -> None:
+    async def _own(self, tier: TierConfig, reason: str, started_by: str, actor: str, *, start: bool, scale: bool) -> None:
         try:
             async with self.state.lock(tier.name) as owned:
                 if not owned:
-                    return  # another process owns the transition; our waiters hear its result
-                view = await self.state.tier(tier.name)  # re-read under the lock
+                    return  # another process owns the tier; our waiters hear its result
+                view = await self.view(tier)  # the re-read under the lock
                 for inst, iv in zip(tier.instances, view.instances, strict=True):
-                    if iv.state == "stopping":
-                        await self._stop_instance(tier, inst, "finishing a stop whose owner is gone")
-                    elif iv.state == "starting":
-                        await self._boot(tier, inst, reason, resume=True)
-                view = await self.state.tier(tier.name)
-                if not start or (view.state == "ready" and not scale):
+                    if iv.state == S.STOPPING:
+                        await self._stop_machine(tier, inst, iv.reason or "finishing a stop whose owner is gone",
+                                                 then=S(iv.then or S.STOPPED))
+                    elif iv.state == S.STARTING:
+                        await self._watch(tier, inst, actor)
+                view = await self.view(tier)
+                if not start or (view.state in (S.READY, S.STARTING) and not scale):
                     return
-                await self._start_one(tier, view, reason, actor)
+                await self._start_one(tier, view, reason, started_by, actor)
+        except LockLost as exc:
+            log.error("tier %s: %s", tier.name, exc)
         except Exception as exc:
             log.exception("transition of tier %s failed", tier.name)
-            await self.state.set_failed(tier.name, f"internal error: {exc}")
-            await self.state.publish(tier.name, "failed")
+            await self.state.event(tier.name, "error", reason=f"internal error: {exc}")
 
-    async def _start_one(self, tier: TierConfig, view: TierView, reason: str, actor: str) -> None:
-        refused = await self._over_budget(tier, view)
+    async def _start_one(self, tier: TierConfig, view: TierView, reason: str, started_by: str, actor: str) -> None:
+        candidates = [(inst, iv) for inst, iv in zip(tier.instances, view.instances, strict=True)
+                      if iv.state in (S.STOPPED, S.FAILED)]
+        refused = await self.over_budget(tier)
         if refused:
-            await self.state.set_failed(tier.name, refused)
+            for inst, iv in candidates:
+                if iv.state == S.STOPPED:
+                    await self.state.transition(inst.id, tier.name, S.STOPPED, S.FAILED, reason=refused)
+                else:
+                    await self.state.set_fields(inst.id, reason=refused, changed_at=now_ms())
             await self.state.event(tier.name, "start_refused", reason=refused, actor=actor)
             return
         why: list[str] = []
-        for inst, iv in zip(tier.instances, view.instances, strict=True):
-            if iv.state not in ("stopped", "failed"):
-                continue
-            outcome = await self._boot(tier, inst, reason, actor=actor)
+        for inst, iv in candidates:
+            outcome = await self._boot(tier, inst, iv.state, reason, started_by, actor)
             if outcome is None:
                 return
             why.append(outcome)
         if why:
-            await self.state.set_failed(tier.name, "; ".join(why))
             await self.state.event(tier.name, "failed", reason="; ".join(why), actor=actor)
 
-    async def _over_budget(self, tier: TierConfig, view: TierView) -> str:
-        """Refuse a start once today's spend (closed plus still billing) reached a daily budget."""
-        overall = self.cfg.gateway.daily_budget
-        if not tier.daily_budget and not overall:
-            return ""
-        today = datetime.now(UTC).strftime("%Y-%m-%d")
-        spent: dict[str, float] = {}
-        for t in self.cfg.tiers.values():
-            if t.name != tier.name and not overall:
-                continue
-            day = (await self.state.days(t.name, [today]))[today]
-            tv = view if t.name == tier.name else await self.state.tier(t.name)
-            open_ms = tv.billed_ms(now_ms()) - tv.gpu_ms
-            spent[t.name] = (day.get("gpu_ms", 0) + open_ms) / 3_600_000 * t.price_per_hour
-        if tier.daily_budget and spent[tier.name] >= tier.daily_budget:
-            return f"daily budget of tier {tier.name!r} reached ({spent[tier.name]:.2f} of {tier.daily_budget:.2f})"
-        if overall and sum(spent.values()) >= overall:
-            return f"overall daily budget reached ({sum(spent.values()):.2f} of {overall:.2f})"
-        return ""
-
     async def _boot(
-        self, tier: TierConfig, inst: InstanceConfig, reason: str, *, resume: bool = False, actor: str = ""
+        self, tier: TierConfig, inst: InstanceConfig, was: S, reason: str, started_by: str, actor: str
     ) -> str | None:
         """Start one instance and watch it until ready. None when ready, else why it is not."""
-        provider = self.providers[inst.provider]
+        provider = self.provider(inst)
+        now = now_ms()
+        moved = await self.state.transition(
+            inst.id, tier.name, was, S.STARTING, stage="starting machine", boot_started=now,
+            billing_since=now if provider.billed else "", reason="", started_by=started_by, ready_cb=0, url="",
+            handle={}, cancel="",
+        )
+        if not moved:
+            return f"{inst.id} changed state while starting"
+        await self.state.event(tier.name, "starting", instance=inst.id, reason=reason, actor=actor)
+        try:
+            handle = await provider.start(inst)
+        except (NoCapacity, Misconfigured) as exc:
+            prefix = "no capacity: " if isinstance(exc, NoCapacity) else ""
+            return await self._refused(tier, inst, f"{prefix}{exc}")
+        except Exception as exc:  # noqa: BLE001 - any other refusal: make sure nothing runs
+            return await self._give_up(tier, inst, f"start failed: {exc}")
+        await self.state.set_fields(inst.id, handle=handle)
+        await self.ledger.count_start(tier.name)
+        return await self._watch(tier, inst, actor)
+
+    async def _watch(self, tier: TierConfig, inst: InstanceConfig, actor: str) -> str | None:
+        """Follow a boot until the worker shows its identity; give it up when `decide` says so."""
+        provider = self.provider(inst)
         backend = self.backends[tier.backend]
-        if not resume:
-            now = now_ms()
-            billed = inst.provider != "static"
-            await self.state.set_instance(
-                inst.id, tier=tier.name, state="starting", stage="starting machine", boot_started=now,
-                billing_since=now if billed else "", reason="", ready_cb=0, url="",
-            )
-            await self.state.clear_failed(tier.name)
-            await self.state.count_start(tier.name)
-            await self.state.event(tier.name, "starting", instance=inst.id, reason=reason, actor=actor)
-            try:
-                await provider.start(inst)
-            except NoCapacity as exc:
-                return await self._abandon(tier, inst, f"no capacity: {exc}", stop=False)
-            except Misconfigured as exc:
-                return await self._abandon(tier, inst, str(exc), stop=False)
-            except Exception as exc:  # noqa: BLE001 - any other refusal: make sure nothing runs
-                return await self._abandon(tier, inst, f"start failed: {exc}", stop=True)
-        iv = await self.state.instance(inst.id, tier.name)
-        started = iv.boot_started or now_ms()
-        deadline = started / 1000 + tier.boot_timeout
-        poll = getattr(provider, "poll_interval", 0.25)
+        identity = Identity(inst.id, tier.model, getattr(inst, "identify", "auto"))
         next_status = 0.0
-        url = ""
-        running = inst.provider in ("local", "static")
-        while time.time() < deadline:
+        seen_up = False
+        while True:
             changed = self.notifier.waiter(tier.name)
+            view = await self.view(tier)
+            iv = next(i for i in view.instances if i.id == inst.id)
+            if iv.state != S.STARTING:
+                return None if iv.state == S.READY else f"{inst.id} is {iv.state}"
+            if iv.cancel:
+                return await self._give_up(tier, inst, iv.cancel)
+            now = time.time()
+            for action in decide(tier, facts_of(tier, view, self.billed), now, History(boots=view.boots)):
+                if action.kind == "give_up_boot" and action.instance == inst.id:
+                    return await self._give_up(tier, inst, action.reason)
+            url = iv.url
             if time.monotonic() >= next_status:
-                next_status = time.monotonic() + poll
-                st = await provider.status(inst)
-                if st.state == MachineState.STOPPED and running:
-                    return await self._abandon(tier, inst, st.detail or "the machine stopped during boot", stop=True)
+                next_status = time.monotonic() + provider.poll_interval
+                st = await provider.status(inst, iv.handle)
+                if st.state in (MachineState.RUNNING, MachineState.STARTING):
+                    seen_up = True
+                elif st.state == MachineState.STOPPED and (seen_up or now - iv.boot_started / 1000 > DEAD_AFTER):
+                    return await self._give_up(tier, inst, st.detail or "the machine stopped during boot")
                 if st.state == MachineState.RUNNING and not url:
-                    running = True
-                    url = await provider.url(inst)
-                    await self.state.set_instance(inst.id, stage="loading model", url=url)
+                    url = await provider.url(inst, iv.handle)
+                    await self.state.set_fields(inst.id, stage="loading model", url=url)
                     await self.state.publish(tier.name, "loading")
-            if url:
-                iv = await self.state.instance(inst.id, tier.name)
-                if iv.ready_cb or await backend.health(url):
-                    seconds = time.time() - started / 1000
-                    await self.state.set_instance(inst.id, state="ready", stage="", ready_at=now_ms(), last_active=now_ms())
-                    await self.state.record_boot(tier.name, seconds)
-                    await self.state.event(
-                        tier.name, "ready", instance=inst.id, reason=f"cold start {seconds:.1f}s", actor=actor
-                    )
+            if url and (iv.ready_cb or await backend.health(url, identity)):
+                t = now_ms()
+                if await self.state.transition(inst.id, tier.name, S.STARTING, S.READY, stage="", ready_at=t,
+                                               last_active=t):
+                    seconds = t / 1000 - iv.boot_started / 1000
+                    await self.ledger.record_boot(tier.name, seconds)
+                    await self.state.event(tier.name, "ready", instance=inst.id, reason=f"cold start {seconds:.1f}s",
+                                           actor=actor)
                     return None
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), 0.25)
-        return await self._abandon(
-            tier, inst, f"{inst.id} did not become ready within boot_timeout {tier.boot_timeout:.0f}s", stop=True
-        )
+                await asyncio.wait_for(changed.wait(), BOOT_TICK)
 
-    async def _abandon(self, tier: TierConfig, inst: InstanceConfig, why: str, *, stop: bool) -> str:
-        """A start that did not lead to a ready worker: make sure nothing keeps billing."""
-        if stop:
-            await self._stop_instance(tier, inst, why, failed=True)
-        else:
-            await self.state.set_instance(inst.id, state="stopped", stage="", url="", reason=why, billing_since="")
-            await self.state.event(tier.name, "start_refused", instance=inst.id, reason=why)
+    async def _refused(self, tier: TierConfig, inst: InstanceConfig, why: str) -> str:
+        """The provider refused before anything ran: nothing was billed."""
+        await self.state.transition(inst.id, tier.name, S.STARTING, S.FAILED, stage="", url="", reason=why,
+                                    billing_since="")
+        await self.state.event(tier.name, "start_refused", instance=inst.id, reason=why)
         return why
 
-    async def _stop_instance(
-        self, tier: TierConfig, inst: InstanceConfig, reason: str, *, failed: bool = False, actor: str = ""
-    ) -> None:
-        """Stop one instance; if the provider fails, it stays `stopping` so a supervisor retries."""
-        await self.state.set_instance(inst.id, state="stopping", stage="")
-        await self.state.event(tier.name, "stopping", instance=inst.id, reason=reason, actor=actor)
-        try:
-            await self.providers[inst.provider].stop(inst)
-        except Exception as exc:  # noqa: BLE001
-            await self.state.set_instance(inst.id, reason=f"stop failed, will retry: {exc}")
-            await self.state.event(tier.name, "stop_failed", instance=inst.id, reason=str(exc))
-            return
-        billed = await self.state.close_billing(tier.name, inst.id)
-        await self.state.set_instance(inst.id, state="stopped", stage="", url="", reason=reason if failed else "")
-        await self.state.event(
-            tier.name, "stopped", instance=inst.id, reason=f"{reason} (billed {billed / 1000:.1f}s)", actor=actor
-        )
+    async def _give_up(self, tier: TierConfig, inst: InstanceConfig, why: str) -> str:
+        """A start that did not lead to a ready worker: stop the machine, then mark it failed."""
+        if await self.state.transition(inst.id, tier.name, S.STARTING, S.STOPPING, stage="", reason=why, then=S.FAILED):
+            await self._stop_machine(tier, inst, why, then=S.FAILED)
+        return why
 
-    async def _scale_out(self, tier: TierConfig) -> None:
-        view = await self.state.tier(tier.name)
-        if any(i.state == "starting" for i in view.instances):
-            return
-        if not any(i.state in ("stopped", "failed") for i in view.instances):
-            return
-        task = self._tasks.get(tier.name)
-        if task is None or task.done():
-            self._tasks[tier.name] = asyncio.create_task(
-                self._start_tier(tier, "in flight per instance passed max_inflight_per_instance", scale=True)
-            )
+    # --- stopping ------------------------------------------------------------------------
+
+    async def _stop_machine(
+        self, tier: TierConfig, inst: InstanceConfig, reason: str, *, then: S = S.STOPPED, standby: bool = False,
+        actor: str = "",
+    ) -> bool:
+        """The instance is `stopping`: stop its machine, close billing, land in `then`.
+
+        If the provider fails, the instance stays `stopping` (billing open) and the
+        supervisor of any gateway finishes the stop later: nothing is ever left running.
+        """
+        await self.state.event(tier.name, "stopping", instance=inst.id, reason=reason, actor=actor)
+        iv = await self.state.instance(inst.id, tier.name)
+        try:
+            await self.provider(inst).stop(inst, iv.handle, standby=standby)
+        except Exception as exc:  # noqa: BLE001
+            await self.state.set_fields(inst.id, stage=f"stop failed, will retry: {exc}")
+            await self.state.event(tier.name, "stop_failed", instance=inst.id, reason=str(exc))
+            return False
+        billed = await self.ledger.close_billing(tier.name, inst.id)
+        await self.state.transition(inst.id, tier.name, S.STOPPING, then, stage="", url="", handle={}, then="",
+                                    reason=reason if then == S.FAILED else "")
+        await self.state.event(tier.name, "stopped", instance=inst.id, reason=f"{reason} (billed {billed / 1000:.1f}s)",
+                               actor=actor)
+        return True
+
+    async def idle_stop(self, tier: TierConfig, inst: InstanceConfig, action: Action) -> None:
+        """Stop an idle instance; the compare-and-swap re-checks idleness where requests cannot interleave."""
+        async with self.state.lock(tier.name) as owned:
+            if owned and await self.state.transition(inst.id, tier.name, S.READY, S.STOPPING,
+                                                     idle_ms=int(action.keep_alive * 1000), stage="", reason=action.reason):
+                await self._stop_machine(tier, inst, action.reason, standby=action.standby)
+
+    async def force_stop(self, tier: TierConfig, inst: InstanceConfig, why: str, actor: str = "") -> None:
+        async with self.state.lock(tier.name) as owned:
+            if owned and await self.state.transition(inst.id, tier.name, S.READY, S.STOPPING, stage=""):
+                await self._stop_machine(tier, inst, why, actor=actor)
+
+    async def give_up_boot(self, tier: TierConfig, inst: InstanceConfig, why: str) -> None:
+        """Ask whoever watches the boot to give it up (or, if nobody does, take the watch over)."""
+        await self.state.set_fields(inst.id, cancel=why)
+        await self.state.publish(tier.name, "cancel")
+        if not await self.state.lock_holder(tier.name):
+            self.ensure(tier.name, "resuming a boot whose owner is gone", start=False)
 
     # --- admin and callbacks -------------------------------------------------------------
 
     async def admin_start(self, tier_name: str, actor: str) -> None:
         """Begin a start and return; the boot goes on in the background (watch /api/tiers)."""
-        await self.state.clear_failed(tier_name)
-        self.ensure_transition(tier_name, "started by an admin", actor=actor)
+        self.ensure(tier_name, "started by an admin", started_by="admin", actor=actor)
         await asyncio.sleep(0)
 
     async def admin_stop(self, tier_name: str, actor: str) -> None:
+        """Stop every machine of the tier now (a boot is given up first) and clear a failure."""
         tier = self.cfg.tiers[tier_name]
-        async with self.state.lock(tier_name, wait=tier.boot_timeout + 30) as owned:
+        for inst, iv in zip(tier.instances, (await self.view(tier)).instances, strict=True):
+            if iv.state == S.STARTING:
+                await self.state.set_fields(inst.id, cancel="stopped by an admin")
+        await self.state.publish(tier_name, "cancel")
+        async with self.state.lock(tier_name, wait=30) as owned:
             if not owned:
                 raise TierUnavailable(f"tier {tier_name!r} is busy with another transition; try again")
-            view = await self.state.tier(tier_name)
+            view = await self.view(tier)
             for inst, iv in zip(tier.instances, view.instances, strict=True):
-                if iv.state != "stopped" and inst.provider != "static":
-                    await self._stop_instance(tier, inst, "stopped by an admin", actor=actor)
-            await self.state.clear_failed(tier_name)
+                if iv.state == S.READY and self.provider(inst).billed:
+                    if await self.state.transition(inst.id, tier_name, S.READY, S.STOPPING, stage=""):
+                        await self._stop_machine(tier, inst, "stopped by an admin", actor=actor)
+                elif iv.state == S.STOPPING:
+                    await self._stop_machine(tier, inst, "stopped by an admin", actor=actor)
+                elif iv.state == S.FAILED:
+                    await self.state.transition(inst.id, tier_name, S.FAILED, S.STOPPED, reason="")
 
     async def retire(self, tier: TierConfig) -> None:
         """A tier removed from the config: let its requests finish, then stop its machines."""
         for inst in tier.instances:
-            if inst.provider == "static":
+            if not self.provider(inst).billed:
                 continue
             while True:
+                await self.state.set_fields(inst.id, cancel="tier removed from the config")
                 async with self.state.lock(tier.name, wait=5) as owned:
                     iv = await self.state.instance(inst.id, tier.name)
-                    if owned and iv.state in ("stopped", "failed", ""):
+                    if owned and iv.state in (S.STOPPED, S.FAILED):
                         break
-                    if owned and (iv.state != "ready" or await self.state.begin_idle_stop(inst.id, 0)):
-                        await self._stop_instance(tier, inst, "tier removed from the config")
+                    if owned and iv.state == S.STOPPING:
+                        await self._stop_machine(tier, inst, "tier removed from the config")
+                    elif owned and iv.state == S.READY and await self.state.transition(
+                            inst.id, tier.name, S.READY, S.STOPPING, idle_ms=0, stage=""):
+                        await self._stop_machine(tier, inst, "tier removed from the config")
                         break
+                    elif owned and iv.state == S.STARTING:
+                        await self._watch(tier, inst, "config reload")
                 await asyncio.sleep(1)
 
     async def instance_ready(self, inst_id: str) -> bool:
@@ -426,101 +312,50 @@ class Lifecycle:
         if found is None:
             return False
         tier, _ = found
-        await self.state.set_instance(inst_id, ready_cb=now_ms())
+        await self.state.set_fields(inst_id, ready_cb=now_ms())
         await self.state.publish(tier.name, "ready_callback")
         return True
 
-    async def report_broken(self, lease: Lease, why: str) -> None:
-        """A ready worker refused a connection: re-check it now, before the request retries."""
-        tier = self.cfg.tiers[lease.tier]
-        inst = next(i for i in tier.instances if i.id == lease.instance)
-        await self._check_instance(tier, inst, why)
+    # --- money ---------------------------------------------------------------------------
 
-    # --- the supervisor: work nobody owns ------------------------------------------------
+    async def over_budget(self, tier: TierConfig) -> str:
+        """Refuse a start once today's spend (closed plus still billing) reached a daily budget."""
+        overall = self.cfg.gateway.daily_budget
+        if not tier.daily_budget and not overall:
+            return ""
+        spent = await self.spend_today([tier] if not overall else list(self.cfg.tiers.values()))
+        if tier.daily_budget and spent.get(tier.name, 0.0) >= tier.daily_budget:
+            return f"daily budget of tier {tier.name!r} reached ({spent[tier.name]:.2f} of {tier.daily_budget:.2f})"
+        if overall and sum(spent.values()) >= overall:
+            return f"overall daily budget reached ({sum(spent.values()):.2f} of {overall:.2f})"
+        return ""
 
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(3)
-            with contextlib.suppress(Exception):
-                await self.state.heartbeat()
-
-    async def _supervise(self) -> None:
-        while True:
-            await asyncio.sleep(SUPERVISE_EVERY)
-            try:
-                await self.supervise_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("supervisor pass failed")
-
-    async def supervise_once(self) -> None:
+    async def spend_today(self, tiers: list[TierConfig]) -> dict[str, float]:
+        """Today's cost per tier (UTC day): the one spend calculation, see `ledger.day_gpu_ms`."""
         now = now_ms()
-        for tier in self.cfg.tiers.values():
-            task = self._tasks.get(tier.name)
-            if task is not None and not task.done():
-                continue  # this process is already moving the tier
-            view = await self.state.tier(tier.name)
-            in_window = await self._in_prewarm_window(tier)
-            if in_window and view.state in ("stopped",) and not view.failed_reason:
-                self.ensure_transition(tier.name, "scheduled pre-warm window")
-                continue
-            orphaned = any(i.state in ("starting", "stopping") for i in view.instances)
-            if orphaned and not await self.state.lock_holder(tier.name):
-                self.ensure_transition(tier.name, "resuming a transition whose owner is gone", start=False)
-                continue
-            gaps = await self.state.gaps(tier.name) if tier.policy != "fixed" else []
-            idle_s = policy.keep_alive(tier, gaps, boot_eta(tier, view.boots))
-            for inst, iv in zip(tier.instances, view.instances, strict=True):
-                if iv.state in ("stopped", "failed", "") and self._health_due(inst):
-                    self.background(self._check_instance(tier, inst, "reconcile"))  # adopt a running machine
-                if iv.state != "ready" or inst.provider == "static":
-                    continue
-                too_long = tier.max_runtime and iv.boot_started and now - iv.boot_started >= tier.max_runtime * 1000
-                if too_long:
-                    self.background(self._forced_stop(tier, inst, f"max_runtime {tier.max_runtime:.0f}s reached"))
-                elif not in_window and iv.inflight == 0 and now - iv.last_active >= idle_s * 1000:
-                    self.background(self._idle_stop(tier, inst, idle_s))
-                elif self._health_due(inst):
-                    self.background(self._check_instance(tier, inst, "periodic health check"))
+        today = day_of(now)
+        out: dict[str, float] = {}
+        for t in tiers:
+            day = (await self.ledger.days(t.name, [today]))[today]
+            view = await self.view(t)
+            ms = day_gpu_ms(day.get("gpu_ms", 0), (i.billing_since for i in view.instances), day_start_ms(now), now)
+            out[t.name] = ms / 3_600_000 * t.price_per_hour
+        return out
 
-    def _health_due(self, inst: InstanceConfig) -> bool:
-        """Local checks are free; a cloud API is asked at most every 30 s (its reconcile period)."""
-        every = HEALTH_EVERY.get(inst.provider, 5.0)
-        last = self._last_health.get(inst.id, 0.0)
-        if time.monotonic() - last < every:
-            return False
-        self._last_health[inst.id] = time.monotonic()
-        return True
+    # --- comparing machines with the shared state ----------------------------------------
 
-    async def _in_prewarm_window(self, tier: TierConfig) -> bool:
-        """Inside a scheduled window, or an hour the tier is regularly used (`prewarm_predict`)."""
-        if not tier.prewarm and not tier.prewarm_predict:
-            return False
-        from . import prewarm
-
-        history = await self.state.arrivals(tier.name) if tier.prewarm_predict else []
-        return prewarm.in_window(tier, datetime.now(UTC), history)
-
-    async def _idle_stop(self, tier: TierConfig, inst: InstanceConfig, idle_s: float) -> None:
-        async with self.state.lock(tier.name) as owned:
-            if owned and await self.state.begin_idle_stop(inst.id, idle_s):
-                await self._stop_instance(tier, inst, f"idle for {idle_s:.0f}s")
-
-    async def _forced_stop(self, tier: TierConfig, inst: InstanceConfig, why: str) -> None:
-        async with self.state.lock(tier.name) as owned:
-            if owned and (await self.state.instance(inst.id, tier.name)).state == "ready":
-                await self._stop_instance(tier, inst, why)
-
-    async def _check_instance(self, tier: TierConfig, inst: InstanceConfig, why: str) -> None:
+    async def check(self, tier: TierConfig, inst: InstanceConfig, why: str) -> None:
         """Compare one instance with its machine; cheap when they agree (no lock taken)."""
-        st = await self.providers[inst.provider].status(inst)
+        provider = self.provider(inst)
         iv = await self.state.instance(inst.id, tier.name)
-        if _agrees(inst, iv.state, st.state, st.reclaimed):
+        if not provider.reachable(iv.handle):
+            return  # a machine of another host: a gateway there judges it
+        st = await provider.status(inst, iv.handle)
+        if _agrees(iv.state, st, adopt=self._adopts(inst)):
             return
         async with self.state.lock(tier.name, wait=2) as owned:
             if owned:
-                await self._reconcile_instance(tier, inst, st, why)
+                await self._reconcile(tier, inst, st, why)
 
     async def reconcile(self) -> None:
         """At start: make shared state agree with what the providers say is running."""
@@ -529,10 +364,15 @@ class Lifecycle:
                 if not owned:
                     continue
                 for inst in tier.instances:
-                    st = await self.providers[inst.provider].status(inst)
-                    await self._reconcile_instance(tier, inst, st, "gateway start-up")
+                    iv = await self.state.instance(inst.id, tier.name)
+                    if self.provider(inst).reachable(iv.handle):
+                        st = await self.provider(inst).status(inst, iv.handle)
+                        await self._reconcile(tier, inst, st, "gateway start-up")
 
-    async def _reconcile_instance(self, tier: TierConfig, inst: InstanceConfig, st: MachineStatus, why: str) -> None:
+    def _adopts(self, inst: InstanceConfig) -> bool:
+        return not self.provider(inst).billed or inst.adopt_running
+
+    async def _reconcile(self, tier: TierConfig, inst: InstanceConfig, st: MachineStatus, why: str) -> None:
         """Under the tier lock: re-read, then fix a disagreement between state and machine.
 
         A machine that is gone (crash, spot reclaim, a stop done by hand) is marked stopped and
@@ -540,32 +380,85 @@ class Lifecycle:
         after starting it, someone started it by hand) is adopted, so it idles out like any other.
         """
         iv = await self.state.instance(inst.id, tier.name)  # the re-check under the lock
-        if _agrees(inst, iv.state, st.state, st.reclaimed):
+        if _agrees(iv.state, st, adopt=self._adopts(inst)):
             return
-        if iv.state in ("ready", "starting", "stopping"):
+        if iv.state == S.READY:
             detail = "reclaimed by the cloud" if st.reclaimed else (st.detail or "the machine is not running")
-            if st.state == MachineState.STOPPED:
-                await self.state.close_billing(tier.name, inst.id)
-                await self.state.set_instance(inst.id, tier=tier.name, state="stopped", stage="", url="")
+            if st.state in (MachineState.RUNNING, MachineState.STARTING):  # running but reclaimed: stop it properly
+                if await self.state.transition(inst.id, tier.name, S.READY, S.STOPPING, stage=""):
+                    await self._stop_machine(tier, inst, f"{detail} ({why})")
+                return
+            await self.ledger.close_billing(tier.name, inst.id)
+            if await self.state.transition(inst.id, tier.name, S.READY, S.STOPPED, stage="", url="", handle={}):
                 await self.state.event(tier.name, "stopped", instance=inst.id, reason=f"{detail} ({why})")
-            else:  # still running but reclaimed: stop it properly
-                await self._stop_instance(tier, inst, f"{detail} ({why})")
             return
-        if inst.provider == "static" or inst.adopt_running:
-            reason = "always-on URL" if inst.provider == "static" else f"adopted a running machine ({why})"
-            await self.state.set_instance(
-                inst.id, tier=tier.name, state="starting", stage="loading model", boot_started=now_ms(),
-                billing_since="" if inst.provider == "static" else now_ms(),
+        if iv.state in (S.STOPPED, S.FAILED):
+            provider = self.provider(inst)
+            reason = "always-on URL" if not provider.billed else f"adopted a running machine ({why})"
+            now = now_ms()
+            if await self.state.transition(
+                inst.id, tier.name, iv.state, S.STARTING, stage="loading model", boot_started=now, started_by="adopted",
+                billing_since=now if provider.billed else "", reason="", url="", cancel="", ready_cb=0,
+            ):
+                await self.state.event(tier.name, "adopted", instance=inst.id, reason=reason)
+                await self._watch(tier, inst, "")
+
+    # --- gateway start and stop ----------------------------------------------------------
+
+    async def start(self) -> None:
+        for provider in self.providers.values():
+            for inst_id in await provider.on_gateway_start():
+                log.warning("killed leftover worker %s of a gateway that died", inst_id)
+        await self.ledger.epoch()
+        await self.reconcile()
+
+    async def shutdown(self) -> None:
+        """Stop what dies with this process (its local workers) through the state machine, then the rest."""
+        for t in self._tasks.values():
+            t.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self.tasks.cancel_all()
+        for tier in self.cfg.tiers.values():
+            for inst in tier.instances:
+                provider = self.provider(inst)
+                with contextlib.suppress(Exception):
+                    iv = await self.state.instance(inst.id, tier.name)
+                    if iv.state == S.STOPPED or not provider.dies_with_gateway(iv.handle):
+                        continue
+                    async with self.state.lock(tier.name, wait=5) as owned:
+                        if not owned:
+                            continue
+                        iv = await self.state.instance(inst.id, tier.name)
+                        stopping = iv.state == S.STOPPING or (iv.state in (S.READY, S.STARTING) and await
+                                                              self.state.transition(inst.id, tier.name, iv.state,
+                                                                                    S.STOPPING, stage=""))
+                        if stopping:
+                            await self._stop_machine(tier, inst, "the gateway is shutting down")
+        for provider in self.providers.values():
+            provider.on_gateway_stop()
+
+
+def facts_of(tier: TierConfig, view: TierView, billed: Mapping[str, bool]) -> TierFacts:
+    """The shared state of one tier as the plain facts `decide` reads (`billed`: per provider kind)."""
+    return TierFacts(
+        instances=tuple(
+            InstanceFacts(
+                id=iv.id, state=iv.state, inflight=iv.inflight, last_active=iv.last_active / 1000,
+                boot_started=iv.boot_started / 1000, billed=billed.get(inst.provider, True),
+                for_requests=iv.started_by == "request",
             )
-            await self.state.event(tier.name, "adopted", instance=inst.id, reason=reason)
-            await self._boot(tier, inst, reason, resume=True)
+            for inst, iv in zip(tier.instances, view.instances, strict=True)
+        ),
+        queued=view.queued,
+    )
 
 
-def _agrees(inst: InstanceConfig, state: str, machine: MachineState, reclaimed: bool) -> bool:
+def _agrees(state: S, st: MachineStatus, *, adopt: bool) -> bool:
     """Does the shared state match what the provider says? Transitions in progress always do."""
-    if state in ("starting", "stopping"):
+    if state in (S.STARTING, S.STOPPING):
         return True
-    running = machine in (MachineState.RUNNING, MachineState.STARTING)
-    if state == "ready":
-        return running and not reclaimed
-    return not running or (not inst.adopt_running and inst.provider != "static")
+    running = st.state in (MachineState.RUNNING, MachineState.STARTING)
+    if state == S.READY:
+        return running and not st.reclaimed
+    return not running or not adopt
+

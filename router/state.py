@@ -1,25 +1,19 @@
-"""Shared state in Redis: what every gateway process must agree on.
+"""The instances' shared state in Redis: what every gateway process must agree on.
 
 Several gateway processes may share one Redis, so nothing that decides money lives in a
-Python variable: instance states, in-flight leases, the per-tier transition lock, boot
-history, the cost ledger and the lifecycle event stream are all here. Atomic checks that
-race with requests (claim an instance vs. begin its idle stop) are Lua scripts, so Redis
-orders them and neither can act on a stale read.
+Python variable. An instance's state changes only through `transition`, a compare-and-swap
+in Lua that also refuses any change the table in `machine.py` does not allow, so a process
+acting on a stale read changes nothing. The per-tier owner lock decides who may start,
+watch and stop a tier's machines; losing it (a renewal that fails) cancels the owner's work.
 
 Keys (prefix `tg:`):
-  tier:{t}        hash  failed_reason, failed_at, last_active (ms)
-  inst:{id}       hash  state, tier, url, stage, boot_started, billing_since, ready_cb, reason, pid
-  leases:{id}     zset  lease -> expiry ms (requests being served by this instance)
-  queue:{t}       zset  lease -> expiry ms (requests waiting for the tier)
-  lock:{t}        str   owner token of the one process allowed to change the tier
-  boots:{t}       list  recent cold-start seconds (newest first)
-  gaps:{t}        list  recent idle gaps in seconds (newest first), for the adaptive policy
-  arrivals:{t}    list  when requests arrived at an idle tier (epoch s), for predictive pre-warm
-  ledger:{t}      hash  gpu_ms, starts
-  day:{t}:{date}  hash  gpu_ms, starts, requests, cache_hits (per UTC day, for the dashboard)
+  inst:{id}       hash  state, tier, url, stage, reason, started_by, boot_started, billing_since,
+                        last_active, ready_at, ready_cb, changed_at, handle (the provider's JSON record),
+                        cancel (why a boot should be given up), then (where a stop lands: stopped|failed)
+  lock:{t}        str   owner token of the one process allowed to change tier t
   events          stream  lifecycle events (who started or stopped what, when, why)
-  epoch           str   when this Redis first saw a gateway (ms): the always-on baseline's start
   ch:{t}          pub/sub channel announcing every change of tier t
+Leases and queues are in `leases.py`; money and history in `ledger.py`.
 """
 
 from __future__ import annotations
@@ -27,66 +21,69 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 
-from .config import Config
+from .machine import TRANSITIONS, InstanceState, tier_state
+
+log = logging.getLogger("tiergate.state")
 
 PREFIX = "tg:"
-LEASE_TTL_MS = 15_000  # a crashed gateway's leases stop counting after this
 LOCK_TTL_MS = 10_000  # a crashed owner's lock frees after this
-HISTORY = 50
-
-INSTANCE_STATES = ("stopped", "starting", "ready", "stopping", "failed")
+LOCK_RENEW_EVERY = LOCK_TTL_MS / 3000  # seconds
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def day_of(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
+def inst_key(inst_id: str) -> str:
+    return f"{PREFIX}inst:{inst_id}"
 
 
-# Claim a ready instance for a request, atomically with the lease, so an idle stop that
-# runs concurrently either sees the lease (and keeps the instance) or ran first (and the
-# claim sees `stopping`). Packs onto the first instance with room, so extras idle out first.
-_CLAIM = """
-local now = tonumber(ARGV[1]); local expiry = tonumber(ARGV[2]); local lease = ARGV[3]
-local cap = tonumber(ARGV[4]); local total = 0; local best = nil; local best_n = nil; local first_room = nil
-for i, id in ipairs(KEYS) do
-  if redis.call('HGET', 'tg:inst:' .. id, 'state') == 'ready' then
-    redis.call('ZREMRANGEBYSCORE', 'tg:leases:' .. id, '-inf', now)
-    local n = redis.call('ZCARD', 'tg:leases:' .. id)
-    total = total + n
-    if first_room == nil and (cap == 0 or n < cap) then first_room = id end
-    if best == nil or n < best_n then best = id; best_n = n end
-  end
+def leases_key(inst_id: str) -> str:
+    return f"{PREFIX}leases:{inst_id}"
+
+
+def queue_key(tier: str) -> str:
+    return f"{PREFIX}queue:{tier}"
+
+
+def _lua_table() -> str:
+    """machine.TRANSITIONS as a Lua set of "from>to" strings: one table, used by Python and Redis alike."""
+    pairs = [f'["{src}>{dst}"]=true' for src, targets in TRANSITIONS.items() for dst in targets]
+    return "{" + ",".join(pairs) + "}"
+
+
+# Compare-and-swap of an instance's state. ARGV: expected states ("a,b"), new state, now ms,
+# idle guard ms (-1: none), tier (for the channel), then field/value pairs to set with it.
+# The idle guard is the atomic re-check of an idle stop: the instance serves nobody (no live
+# lease) and has been idle at least that long. Returns {1, old} on success, {0, current} when
+# the state was not one expected (or the guard held), {-1, current} for a forbidden transition.
+_TRANSITION = f"""
+local allowed = {_lua_table()}
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur or cur == '' then cur = 'stopped' end
+local ok = false
+for s in string.gmatch(ARGV[1], '[^,]+') do if s == cur then ok = true end end
+if not ok then return {{0, cur}} end
+if not allowed[cur .. '>' .. ARGV[2]] then return {{-1, cur}} end
+local now = tonumber(ARGV[3]); local idle = tonumber(ARGV[4])
+if idle >= 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  if redis.call('ZCARD', KEYS[2]) > 0 then return {{0, cur}} end
+  local last = tonumber(redis.call('HGET', KEYS[1], 'last_active') or '0') or 0
+  if now - last < idle then return {{0, cur}} end
 end
-local pick = first_room or best
-if pick == nil then return nil end
-redis.call('ZADD', 'tg:leases:' .. pick, expiry, lease)
-local full = 0
-if first_room == nil then full = 1 end
-return {pick, redis.call('HGET', 'tg:inst:' .. pick, 'url'), full, total}
-"""
-
-# Begin an idle stop only if the instance is still ready, serves nobody, and has been
-# idle long enough: the re-check under the lock, done where requests cannot interleave.
-_BEGIN_IDLE_STOP = """
-local now = tonumber(ARGV[1]); local idle_ms = tonumber(ARGV[2])
-if redis.call('HGET', KEYS[1], 'state') ~= 'ready' then return 0 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-if redis.call('ZCARD', KEYS[2]) > 0 then return 0 end
-local last = tonumber(redis.call('HGET', KEYS[1], 'last_active') or '0')
-if now - last < idle_ms then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'stopping', 'stage', '', 'changed_at', now)
-return 1
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'changed_at', ARGV[3])
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('PUBLISH', '{PREFIX}ch:' .. ARGV[5], ARGV[2])
+return {{1, cur}}
 """
 
 _UNLOCK = """
@@ -100,63 +97,93 @@ return 0
 """
 
 
+class ForbiddenTransition(RuntimeError):
+    """A transition the state machine does not allow: a bug, never a race."""
+
+
+class LockLost(Exception):
+    """The owner lock expired or was taken while its work ran; the work was cancelled."""
+
+
 @dataclass
 class InstanceView:
     id: str
     tier: str
-    state: str = "stopped"
+    state: InstanceState = InstanceState.STOPPED
     url: str = ""
     stage: str = ""
     reason: str = ""
+    started_by: str = ""  # request | admin | prewarm | intent | scale | adopted
     boot_started: int = 0
     billing_since: int = 0
     last_active: int = 0
     ready_at: int = 0
     ready_cb: int = 0
-    pid: int = 0
+    changed_at: int = 0
+    handle: dict = field(default_factory=dict)
+    cancel: str = ""  # why a boot in progress should be given up (an admin stop, a removed tier)
+    then: str = ""  # while stopping: the state to land in (failed after a failed boot)
     inflight: int = 0
 
     @classmethod
     def from_hash(cls, inst_id: str, tier: str, h: dict[str, str], inflight: int) -> InstanceView:
         def i(key: str) -> int:
-            return int(h.get(key) or 0)
+            try:
+                return int(h.get(key) or 0)
+            except ValueError:
+                return 0
 
+        try:
+            handle = json.loads(h["handle"]) if h.get("handle") else {}
+        except ValueError:
+            handle = {}
         return cls(
             id=inst_id,
             tier=h.get("tier") or tier,
-            state=h.get("state") or "stopped",
+            state=InstanceState(h.get("state") or "stopped"),
             url=h.get("url", ""),
             stage=h.get("stage", ""),
             reason=h.get("reason", ""),
+            started_by=h.get("started_by", ""),
             boot_started=i("boot_started"),
             billing_since=i("billing_since"),
             last_active=i("last_active"),
             ready_at=i("ready_at"),
             ready_cb=i("ready_cb"),
-            pid=i("pid"),
+            changed_at=i("changed_at"),
+            handle=handle if isinstance(handle, dict) else {},
+            cancel=h.get("cancel", ""),
+            then=h.get("then", ""),
             inflight=inflight,
         )
 
 
 @dataclass
 class TierView:
+    """A snapshot of one tier, for display and for decisions that are re-checked atomically."""
+
     name: str
     instances: list[InstanceView]
-    failed_reason: str = ""
-    failed_at: int = 0
     queued: int = 0
     gpu_ms: int = 0
     starts: int = 0
     boots: list[float] = field(default_factory=list)
 
     @property
-    def state(self) -> str:
-        """The tier's state follows from its instances: any ready makes it ready, and so on."""
-        states = {i.state for i in self.instances}
-        for s in ("ready", "starting", "stopping"):
-            if s in states:
-                return s
-        return "failed" if self.failed_reason else "stopped"
+    def state(self) -> InstanceState:
+        return tier_state(i.state for i in self.instances)
+
+    @property
+    def failed(self) -> InstanceView | None:
+        """The most recent failed instance (its reason is the tier's), when the tier shows failed."""
+        if self.state != InstanceState.FAILED:
+            return None
+        return max((i for i in self.instances if i.state == InstanceState.FAILED), key=lambda i: i.changed_at)
+
+    @property
+    def failed_reason(self) -> str:
+        f = self.failed
+        return f.reason if f else ""
 
     @property
     def inflight(self) -> int:
@@ -172,145 +199,86 @@ class TierView:
 
 
 class State:
-    """One gateway process's handle on the shared state."""
+    """One gateway process's handle on the instances' shared state."""
 
-    def __init__(self, redis: aioredis.Redis, cfg: Config, gateway_id: str | None = None) -> None:
+    def __init__(self, redis: aioredis.Redis, gateway_id: str | None = None) -> None:
         self.redis = redis
-        self.cfg = cfg
         self.gateway_id = gateway_id or uuid.uuid4().hex[:12]
-        self._claim = redis.register_script(_CLAIM)
-        self._begin_idle_stop = redis.register_script(_BEGIN_IDLE_STOP)
+        self._transition = redis.register_script(_TRANSITION)
         self._unlock = redis.register_script(_UNLOCK)
         self._renew = redis.register_script(_RENEW)
-        self._held: dict[str, tuple[str, str]] = {}  # lease -> (zset key, ...)
 
-    # --- instances -------------------------------------------------------------------
+    # --- reading -----------------------------------------------------------------------
 
     async def instance(self, inst_id: str, tier: str = "") -> InstanceView:
-        h = await self.redis.hgetall(f"{PREFIX}inst:{inst_id}")
-        n = await self.redis.zcount(f"{PREFIX}leases:{inst_id}", now_ms(), "+inf")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(inst_key(inst_id))
+        pipe.zcount(leases_key(inst_id), now_ms(), "+inf")
+        h, n = await pipe.execute()
         return InstanceView.from_hash(inst_id, tier, h, n)
 
-    async def set_instance(self, inst_id: str, **fields: object) -> None:
-        await self.redis.hset(
-            f"{PREFIX}inst:{inst_id}", mapping={k: str(v) for k, v in fields.items()} | {"changed_at": str(now_ms())}
-        )
-
-    async def tier(self, name: str) -> TierView:
-        """A consistent-enough snapshot for display and decisions that are re-checked under the lock."""
-        tier_cfg = self.cfg.tiers[name]
+    async def tier(self, name: str, inst_ids: list[str]) -> TierView:
+        """One round trip for everything a tier's display or decision needs."""
         now = now_ms()
         pipe = self.redis.pipeline(transaction=False)
-        for inst in tier_cfg.instances:
-            pipe.hgetall(f"{PREFIX}inst:{inst.id}")
-            pipe.zcount(f"{PREFIX}leases:{inst.id}", now, "+inf")
-        pipe.hgetall(f"{PREFIX}tier:{name}")
-        pipe.zcount(f"{PREFIX}queue:{name}", now, "+inf")
+        for inst_id in inst_ids:
+            pipe.hgetall(inst_key(inst_id))
+            pipe.zcount(leases_key(inst_id), now, "+inf")
+        pipe.zcount(queue_key(name), now, "+inf")
         pipe.hgetall(f"{PREFIX}ledger:{name}")
-        pipe.lrange(f"{PREFIX}boots:{name}", 0, HISTORY - 1)
+        pipe.lrange(f"{PREFIX}boots:{name}", 0, 49)
         out = await pipe.execute()
-        instances = [
-            InstanceView.from_hash(inst.id, name, out[2 * k], out[2 * k + 1]) for k, inst in enumerate(tier_cfg.instances)
-        ]
-        th, queued, ledger, boots = out[-4:]
+        instances = [InstanceView.from_hash(i, name, out[2 * k], out[2 * k + 1]) for k, i in enumerate(inst_ids)]
+        queued, ledger, boots = out[-3:]
         return TierView(
             name=name,
             instances=instances,
-            failed_reason=th.get("failed_reason", ""),
-            failed_at=int(th.get("failed_at") or 0),
             queued=queued,
             gpu_ms=int(ledger.get("gpu_ms") or 0),
             starts=int(ledger.get("starts") or 0),
             boots=[float(b) for b in boots],
         )
 
-    async def set_failed(self, tier: str, reason: str) -> None:
-        await self.redis.hset(f"{PREFIX}tier:{tier}", mapping={"failed_reason": reason, "failed_at": str(now_ms())})
+    # --- changing ------------------------------------------------------------------------
 
-    async def clear_failed(self, tier: str) -> None:
-        await self.redis.hdel(f"{PREFIX}tier:{tier}", "failed_reason", "failed_at")
+    async def transition(
+        self,
+        inst_id: str,
+        tier: str,
+        expected: InstanceState | tuple[InstanceState, ...],
+        new: InstanceState,
+        *,
+        idle_ms: int | None = None,
+        **fields: object,
+    ) -> bool:
+        """Move an instance from one of `expected` to `new`, setting `fields` with it, or change nothing.
 
-    # --- leases: what is in flight and what waits --------------------------------------
+        False means another process (or a request) got there first: the caller's read was
+        stale, and it must not act. A transition the table forbids raises: that is a bug.
+        """
+        exp = (expected,) if isinstance(expected, InstanceState) else expected
+        args: list[object] = [",".join(exp), new.value, now_ms(), -1 if idle_ms is None else idle_ms, tier]
+        for k, v in fields.items():
+            args += [k, _field(v)]
+        ok, current = await self._transition(keys=[inst_key(inst_id), leases_key(inst_id)], args=args)
+        if int(ok) == -1:
+            raise ForbiddenTransition(f"{inst_id}: {current} -> {new} is not a transition of the state machine")
+        return int(ok) == 1
 
-    def new_lease(self) -> str:
-        return f"{self.gateway_id}:{uuid.uuid4().hex[:16]}"
+    async def set_fields(self, inst_id: str, **fields: object) -> None:
+        """Fields that are not the state (stage, url, the ready callback's time)."""
+        await self.redis.hset(inst_key(inst_id), mapping={k: _field(v) for k, v in fields.items()})
 
-    async def claim(self, inst_ids: list[str], lease: str, cap: int) -> tuple[str, str, bool, bool] | None:
-        """Lease the best ready instance: (instance id, url, pool at capacity, tier was idle) or None."""
-        now = now_ms()
-        res = await self._claim(keys=inst_ids, args=[now, now + LEASE_TTL_MS, lease, cap])
-        if not res:
-            return None
-        self._held[lease] = (f"{PREFIX}leases:{res[0]}", res[0])
-        return res[0], res[1], bool(int(res[2])), int(res[3]) == 0
-
-    async def release(self, lease: str, tier: str) -> None:
-        """End a request: it stops counting as in flight, and the instance's idle clock restarts now."""
-        held = self._held.pop(lease, None)
-        if held is None:
-            return
-        key, inst_id = held
-        now = str(now_ms())
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zrem(key, lease)
-        pipe.hset(f"{PREFIX}inst:{inst_id}", "last_active", now)
-        pipe.hset(f"{PREFIX}tier:{tier}", "last_end", now)
-        await pipe.execute()
-
-    async def note_arrival(self, tier: str) -> None:
-        """An arrival at an idle tier: record the gap it ends (adaptive policy) and when (predictive pre-warm)."""
-        th = await self.redis.hget(f"{PREFIX}tier:{tier}", "last_end")
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.lpush(f"{PREFIX}arrivals:{tier}", f"{time.time():.0f}")
-        pipe.ltrim(f"{PREFIX}arrivals:{tier}", 0, 4999)
-        await pipe.execute()
-        if th:
-            gap = (now_ms() - int(th)) / 1000
-            if gap > 1:
-                await self.record_gap(tier, gap)
-
-    async def enqueue(self, tier: str, lease: str) -> int:
-        """Join a tier's wait queue; returns how many were queued before (for max_queue)."""
-        key = f"{PREFIX}queue:{tier}"
-        now = now_ms()
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.zremrangebyscore(key, "-inf", now)
-        pipe.zcard(key)
-        pipe.zadd(key, {lease: now + LEASE_TTL_MS})
-        _, before, _ = await pipe.execute()
-        self._held[lease] = (key, "")
-        return int(before)
-
-    async def queue_position(self, tier: str, lease: str) -> int:
-        """1-based place in the tier's queue (0 when not queued)."""
-        rank = await self.redis.zrank(f"{PREFIX}queue:{tier}", lease)
-        return 0 if rank is None else int(rank) + 1
-
-    async def dequeue(self, tier: str, lease: str) -> None:
-        self._held.pop(lease, None)
-        await self.redis.zrem(f"{PREFIX}queue:{tier}", lease)
-
-    async def heartbeat(self) -> None:
-        """Keep this process's leases alive; a crashed process's leases expire on their own."""
-        if not self._held:
-            return
-        expiry = now_ms() + LEASE_TTL_MS
-        pipe = self.redis.pipeline(transaction=False)
-        for lease, (key, _) in list(self._held.items()):
-            pipe.zadd(key, {lease: expiry}, xx=True)
-        await pipe.execute()
-
-    async def begin_idle_stop(self, inst_id: str, idle_seconds: float) -> bool:
-        res = await self._begin_idle_stop(
-            keys=[f"{PREFIX}inst:{inst_id}", f"{PREFIX}leases:{inst_id}"], args=[now_ms(), int(idle_seconds * 1000)]
-        )
-        return bool(res)
-
-    # --- the per-tier transition lock ------------------------------------------------------
+    # --- the per-tier owner lock -------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def lock(self, tier: str, *, wait: float = 0.0) -> AsyncIterator[bool]:
-        """Yield True when this process owns tier `tier`; renewed while held, so a long boot keeps it."""
+        """Yield True when this process owns tier `tier` (False: another does; do nothing).
+
+        The lock is renewed while held. If a renewal finds it gone (this process stalled past
+        the TTL, or Redis lost it), the task holding it is cancelled and `LockLost` is raised
+        from the `async with`, so two owners never act on one tier.
+        """
         key = f"{PREFIX}lock:{tier}"
         token = f"{self.gateway_id}:{uuid.uuid4().hex[:8]}"
         deadline = time.monotonic() + wait
@@ -321,80 +289,43 @@ class State:
         if not got:
             yield False
             return
-        renew = asyncio.create_task(self._keep_lock(key, token))
+        owner = asyncio.current_task()
+        lost = asyncio.Event()
+        keeper = asyncio.create_task(self._keep_lock(key, token, owner, lost))
         try:
             yield True
+        except asyncio.CancelledError:
+            if lost.is_set() and owner is not None and owner.uncancel() == 0:
+                raise LockLost(f"lost the lock of tier {tier!r}; its work was cancelled") from None
+            raise
         finally:
-            renew.cancel()
+            keeper.cancel()
             with contextlib.suppress(Exception):
                 await self._unlock(keys=[key], args=[token])
 
-    async def _keep_lock(self, key: str, token: str) -> None:
+    async def _keep_lock(self, key: str, token: str, owner: asyncio.Task | None, lost: asyncio.Event) -> None:
+        valid_until = time.monotonic() + LOCK_TTL_MS / 1000
         while True:
-            await asyncio.sleep(LOCK_TTL_MS / 3000)
-            with contextlib.suppress(Exception):
-                await self._renew(keys=[key], args=[token, LOCK_TTL_MS])
+            await asyncio.sleep(LOCK_RENEW_EVERY)
+            try:
+                renewed = bool(await self._renew(keys=[key], args=[token, LOCK_TTL_MS]))
+            except Exception as exc:  # noqa: BLE001 - Redis away: the lock may still be ours until its TTL
+                log.warning("could not renew %s: %s", key, exc)
+                renewed = time.monotonic() < valid_until - LOCK_RENEW_EVERY
+            else:
+                if renewed:
+                    valid_until = time.monotonic() + LOCK_TTL_MS / 1000
+            if not renewed:
+                log.error("lost %s while holding it: cancelling the owner's work", key)
+                lost.set()
+                if owner is not None:
+                    owner.cancel()
+                return
 
     async def lock_holder(self, tier: str) -> str | None:
         return await self.redis.get(f"{PREFIX}lock:{tier}")
 
-    # --- ledger, history, events -----------------------------------------------------------
-
-    async def epoch(self) -> int:
-        key = f"{PREFIX}epoch"
-        await self.redis.set(key, str(now_ms()), nx=True)
-        return int(await self.redis.get(key) or now_ms())
-
-    async def count_start(self, tier: str) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hincrby(f"{PREFIX}ledger:{tier}", "starts", 1)
-        pipe.hincrby(f"{PREFIX}day:{tier}:{day_of(now_ms())}", "starts", 1)
-        await pipe.execute()
-
-    async def close_billing(self, tier: str, inst_id: str, until: int | None = None) -> int:
-        """Add an instance's open billing interval to the ledger (split by UTC day); returns its ms."""
-        key = f"{PREFIX}inst:{inst_id}"
-        since = int(await self.redis.hget(key, "billing_since") or 0)
-        if not since:
-            return 0
-        end = until or now_ms()
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, "billing_since", "")
-        pipe.hincrby(f"{PREFIX}ledger:{tier}", "gpu_ms", max(0, end - since))
-        for day, ms in _split_by_day(since, end):
-            pipe.hincrby(f"{PREFIX}day:{tier}:{day}", "gpu_ms", ms)
-        await pipe.execute()
-        return max(0, end - since)
-
-    async def record_boot(self, tier: str, seconds: float) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.lpush(f"{PREFIX}boots:{tier}", f"{seconds:.3f}")
-        pipe.ltrim(f"{PREFIX}boots:{tier}", 0, HISTORY - 1)
-        await pipe.execute()
-
-    async def record_gap(self, tier: str, seconds: float) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.lpush(f"{PREFIX}gaps:{tier}", f"{seconds:.3f}")
-        pipe.ltrim(f"{PREFIX}gaps:{tier}", 0, 499)
-        await pipe.execute()
-
-    async def gaps(self, tier: str) -> list[float]:
-        return [float(g) for g in await self.redis.lrange(f"{PREFIX}gaps:{tier}", 0, 499)]
-
-    async def arrivals(self, tier: str) -> list[float]:
-        """Epoch seconds of recent arrivals at an idle tier, oldest first."""
-        return sorted(float(a) for a in await self.redis.lrange(f"{PREFIX}arrivals:{tier}", 0, 4999))
-
-    async def count_day(self, tier: str, field_name: str, n: int = 1) -> None:
-        await self.redis.hincrby(f"{PREFIX}day:{tier}:{day_of(now_ms())}", field_name, n)
-
-    async def days(self, tier: str, dates: Iterable[str]) -> dict[str, dict[str, int]]:
-        pipe = self.redis.pipeline(transaction=False)
-        dates = list(dates)
-        for d in dates:
-            pipe.hgetall(f"{PREFIX}day:{tier}:{d}")
-        out = await pipe.execute()
-        return {d: {k: int(v) for k, v in h.items()} for d, h in zip(dates, out, strict=True)}
+    # --- events -------------------------------------------------------------------------
 
     async def event(self, tier: str, event: str, *, instance: str = "", reason: str = "", actor: str = "") -> None:
         entry = {
@@ -405,32 +336,28 @@ class State:
             "reason": reason,
             "actor": actor or f"gateway {self.gateway_id}",
         }
-        await self.redis.xadd(f"{PREFIX}events", entry, maxlen=10_000, approximate=True)
-        await self.publish(tier, event)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(f"{PREFIX}events", entry, maxlen=10_000, approximate=True)
+        pipe.publish(f"{PREFIX}ch:{tier}", event)
+        await pipe.execute()
 
     async def events(self, count: int = 100) -> list[dict[str, str]]:
         rows = await self.redis.xrevrange(f"{PREFIX}events", count=count)
         return [fields for _, fields in rows]
 
     async def publish(self, tier: str, what: str) -> None:
-        await self.redis.publish(f"{PREFIX}ch:{tier}", json.dumps({"what": what, "gw": self.gateway_id}))
+        await self.redis.publish(f"{PREFIX}ch:{tier}", what)
 
 
-def _split_by_day(start: int, end: int) -> list[tuple[str, int]]:
-    out: list[tuple[str, int]] = []
-    day_ms = 86_400_000
-    while start < end:
-        boundary = (start // day_ms + 1) * day_ms
-        stop = min(end, boundary)
-        out.append((day_of(start), stop - start))
-        start = stop
-    return out
+def _field(value: object) -> str:
+    """Redis hash values are strings; a provider's handle is kept as JSON."""
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, dict) else str(value)
 
 
 class Notifier:
     """One pub/sub connection per process that wakes local waiters when a tier changes.
 
-    Waiting for a boot is event-driven: a request awaits `changed(tier)`, and the only
+    Waiting for a boot is event-driven: a request awaits `waiter(tier)`, and the only
     fallback re-read is a slow safety tick, not a per-request poll.
     """
 
@@ -456,9 +383,10 @@ class Notifier:
                 await asyncio.sleep(0.5)
 
     def _fire(self, tier: str) -> None:
-        ev = self._events.pop(tier, None)
-        if ev is not None:
-            ev.set()
+        for name in (tier, "*") if tier != "*" else tuple(self._events):
+            ev = self._events.pop(name, None)
+            if ev is not None:
+                ev.set()
 
     def waiter(self, tier: str) -> asyncio.Event:
         """Take the event *before* re-reading state, so a change in between is not missed."""

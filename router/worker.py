@@ -397,8 +397,8 @@ class Worker:
         return answer
 
     async def health(self, request: Request) -> Response:
-        """Liveness for the gateway's poller; like vLLM, 200 with an empty body."""
-        return Response(status_code=200)
+        """Liveness for the gateway's poller; like vLLM, 200 with an empty body, plus who we are."""
+        return Response(status_code=200, headers={"x-tiergate-instance": os.environ.get("TIERGATE_INSTANCE_ID", "")})
 
     async def models(self, request: Request) -> Response:
         """OpenAI model list, so clients can discover the served name."""

@@ -181,30 +181,29 @@ class AdminTab:
     async def start(self, session: Any, tier: str, request: gr.Request) -> str:
         user = require_admin(session, request)
         tier = self._tier(tier)
-        task = asyncio.create_task(self.gw.lifecycle.admin_start(tier, actor=f"{user} (UI)"))
+        task = asyncio.create_task(self.gw.start_tier(tier, actor=f"{user} (UI)"))
         self._bg.add(task)
         task.add_done_callback(self._done)
         await asyncio.wait({task}, timeout=1.0)  # a quick refusal shows here; a boot goes on in the background
         if task.done() and task.exception() is not None:
             return f"❌ {fmt.esc(getattr(task.exception(), 'message', task.exception()))}"
-        view = await self.gw.state.tier(tier)
-        return f"▶ Start of **{tier}** requested; it is **{view.state}** (watch the status table)."
+        state = await self.gw.tier_state(tier)
+        return f"▶ Start of **{tier}** requested; it is **{state}** (watch the status table)."
 
     async def prewarm(self, session: Any, tier: str, request: gr.Request) -> str:
         user = require_admin(session, request)
         tier = self._tier(tier)
-        self.gw.lifecycle.ensure_transition(tier, "pre-warmed by an admin", actor=f"{user} (UI)")
+        await self.gw.prewarm(tier, actor=f"{user} (UI)")
         return f"🔥 Pre-warming **{tier}**: it boots now and idles out as usual if nobody uses it."
 
     async def stop(self, session: Any, tier: str, request: gr.Request) -> str:
         user = require_admin(session, request)
         tier = self._tier(tier)
         try:
-            await self.gw.lifecycle.admin_stop(tier, actor=f"{user} (UI)")
+            state = await self.gw.stop_tier(tier, actor=f"{user} (UI)")
         except TiergateError as exc:
             return f"❌ {fmt.esc(exc.message)}"
-        view = await self.gw.state.tier(tier)
-        return f"⏹ **{tier}** is **{view.state}**."
+        return f"⏹ **{tier}** is **{state}**."
 
     def _done(self, task: asyncio.Task) -> None:
         self._bg.discard(task)
@@ -215,12 +214,12 @@ class AdminTab:
 
     async def list_events(self, session: Any, request: gr.Request) -> pd.DataFrame:
         require_admin(session, request)
-        return events_frame(await self.gw.state.events(200))
+        return events_frame(await self.gw.events(200))
 
     async def poll_events(self, session: Any, request: gr.Request) -> Any:
         if not admin_user(session, request):
             return gr.skip()  # the timer of a logged-out page: nothing to show, no error toast
-        return events_frame(await self.gw.state.events(200))
+        return events_frame(await self.gw.events(200))
 
     # --- config ---------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ UI handler is private, except the admin ones, which are callable but check the l
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import gradio as gr
@@ -15,7 +15,6 @@ from fastapi import FastAPI
 
 from router import routing
 from router.auth import check_login
-from router.config import Config
 from router.gateway import Gateway
 
 from . import format as fmt
@@ -132,15 +131,29 @@ def _chat_api(gw: Gateway) -> None:
                   show_progress="hidden")
 
 
-def mount(app: FastAPI, gateway: Gateway, cfg: Config) -> FastAPI:
+def mount(app: FastAPI, gateway: Gateway) -> FastAPI:
     """Mount the UI at `/` of the gateway app; the API routes registered before it keep precedence."""
     demo = build(gateway)
     auth: Any = None
-    if cfg.gateway.require_login:
+    if gateway.cfg.gateway.require_login:
         def auth(user: str, password: str) -> bool:
             return check_login(gateway.cfg, user, password)
-    return gr.mount_gradio_app(
+    app = gr.mount_gradio_app(
         app, demo, path="/", css=CSS, theme=gr.themes.Soft(), auth=auth,
         auth_message="tiergate: log in with an admin user from tiers.toml (or admin / $TIERGATE_ADMIN_TOKEN).",
         footer_links=["api", "gradio"], run_history=False, show_error=True,
     )
+    app.state.session_check = _session_check(app)
+    return app
+
+
+def _session_check(app: FastAPI):
+    """The user of a UI login cookie (Gradio keeps its login tokens in the mounted app)."""
+    gradio_app = next(r.app for r in app.routes if getattr(r, "path", None) == "" and hasattr(r, "app"))
+
+    def check(cookies: dict[str, str]) -> str | None:
+        cid = gradio_app.cookie_id
+        token = cookies.get(f"access-token-{cid}") or cookies.get(f"access-token-unsecure-{cid}")
+        return gradio_app.tokens.get(token) if token else None
+
+    return check

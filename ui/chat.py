@@ -227,10 +227,6 @@ class ChatTab:
             req = await asyncio.to_thread(self.gw.prepare, body)
         except Exception:  # noqa: BLE001 - a bad file is reported when it is sent, not here
             return key
-        tier = tiers.get(req.tier)
-        if tier is not None and tier.warm_on_intent:
-            view = await self.gw.state.tier(req.tier)
-            if view.state in ("stopped", "failed"):
-                log.info("warm on intent: starting tier %s", req.tier)
-                self.gw.lifecycle.ensure_transition(req.tier, "warm on intent: a user attached a file", actor="chat UI")
+        if await self.gw.warm(req, "warm on intent: a user attached a file"):
+            log.info("warm on intent: starting tier %s", req.tier)
         return key

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from router.errors import BadRequest, TiergateError
-from router.gateway import Gateway, Meta
-from router.lifecycle import Progress
+from router.gateway import Gateway, Meta, Progress
 from router.sse import SSEReader
 
 from . import format as fmt

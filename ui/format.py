@@ -10,8 +10,7 @@ import html
 from datetime import UTC, datetime
 
 from router.errors import BadRequest, QueueFull, TiergateError, TierTimeout, TierUnavailable, UpstreamError
-from router.gateway import Meta
-from router.lifecycle import Progress
+from router.gateway import Meta, Progress
 
 STAGE_WORDS = {
     "queued": "queued",

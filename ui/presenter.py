@@ -19,8 +19,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image, ImageDraw
 
-from router.cache import Entry
-from router.gateway import Gateway
+from router.gateway import Entry, Gateway
 
 from . import format as fmt
 from .chat import ChatTab, render
@@ -85,7 +84,7 @@ class PresenterTab:
 
     async def list(self, query: str, note: str = "", keep: str = "") -> tuple:
         """The gallery (pinned first), its keys, a message, and the selection: `keep` stays selected."""
-        entries = (await self.gw.cache.entries(query or ""))[:SHOWN]
+        entries = (await self.gw.cached(query or ""))[:SHOWN]
         entries.sort(key=lambda e: (not e.pinned, -e.created))
         items = await asyncio.to_thread(lambda: [(self._thumb(e), self._caption(e)) for e in entries])
         msg = note or (f"{len(entries)} cached answer(s)" + (f" matching “{query}”" if query else "")
@@ -98,21 +97,21 @@ class PresenterTab:
 
     async def select(self, keys: list[str], evt: gr.SelectData) -> tuple:
         key = keys[evt.index] if isinstance(evt.index, int) and evt.index < len(keys) else ""
-        entry = await self.gw.cache.get(key) if key else None
+        entry = await self.gw.cached_entry(key)
         if entry is None:
             return "", "*That answer is no longer in the cache; press Refresh.*"
         return key, self._preview(entry)
 
     async def toggle_pin(self, key: str, query: str) -> tuple:
-        entry = await self.gw.cache.get(key) if key else None
+        entry = await self.gw.cached_entry(key)
         if entry is None:
             return await self.list(query, "Select an answer first.")
-        await self.gw.cache.pin(key, not entry.pinned)
+        await self.gw.pin(key, not entry.pinned)
         note = "Unpinned: it expires with the cache TTL again." if entry.pinned else "📌 Pinned: it will not expire."
         return await self.list(query, note, keep=key)
 
     async def replay(self, key: str, turns: list[dict]) -> tuple:
-        entry = await self.gw.cache.get(key) if key else None
+        entry = await self.gw.cached_entry(key)
         if entry is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), "Select an answer first."
         files = [await asyncio.to_thread(self._thumb, entry)] if entry.thumbnail else []
@@ -125,7 +124,7 @@ class PresenterTab:
         return render(turns), turns, meta, gr.Tabs(selected="tab-chat"), "▶ Replayed in the chat."
 
     async def export_pinned(self) -> tuple:
-        keys = [e.key for e in await self.gw.cache.entries("") if e.pinned]
+        keys = [e.key for e in await self.gw.cached("") if e.pinned]
         if not keys:
             return None, "Nothing is pinned yet: pin the answers for your demo first."
         return await self._export(keys)
@@ -136,7 +135,7 @@ class PresenterTab:
         return await self._export(keys)
 
     async def _export(self, keys: list[str]) -> tuple:
-        data = await self.gw.cache.export(keys)
+        data = await self.gw.export(keys)
         path = self.dir / f"tiergate-demo-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
         await asyncio.to_thread(path.write_bytes, data)
         return str(path), f"⬇ Exported {len(keys)} answer(s) to one file; import it on another gateway."
@@ -148,7 +147,7 @@ class PresenterTab:
             return (*await self.list(query, "🔒 Importing needs admin login (Admin tab): imported answers are "
                                             "served to every user."), None)
         try:
-            n = await self.gw.cache.import_set(data)
+            n = await self.gw.import_set(data)
         except ValueError as exc:
             return (*await self.list(query, f"⚠️ Not imported: {exc}"), None)
         return (*await self.list(query, f"✅ Imported {n} answer(s), pinned."), None)

@@ -6,10 +6,7 @@ a tier started by another gateway process shows here too.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from router.gateway import Gateway
-from router.state import now_ms
 
 from . import format as fmt
 from .format import esc
@@ -18,23 +15,8 @@ BADGE = {"ready": "🟢", "starting": "🟡", "stopping": "🟠", "stopped": "�
 
 
 async def snapshot(gw: Gateway) -> list[dict]:
-    """`tiers_status()` rows plus `today` (starts, gpu_seconds, cost) for each tier."""
-    rows = await gw.tiers_status()
-    now = now_ms()
-    today = datetime.fromtimestamp(now / 1000, UTC).strftime("%Y-%m-%d")
-    midnight = int(datetime.strptime(today, "%Y-%m-%d").replace(tzinfo=UTC).timestamp() * 1000)
-    for row in rows:
-        day = (await gw.state.days(row["name"], [today]))[today]
-        view = await gw.state.tier(row["name"])
-        open_ms = sum(max(0, now - max(i.billing_since, midnight)) for i in view.instances if i.billing_since)
-        gpu_s = (day.get("gpu_ms", 0) + open_ms) / 1000
-        row["today"] = {
-            "starts": day.get("starts", 0),
-            "gpu_seconds": gpu_s,
-            "cost": gpu_s / 3600 * row.get("price_per_hour", 0.0),
-            "cache_hits": day.get("cache_hits", 0),
-        }
-    return rows
+    """The gateway's status rows (each with `today`: starts, gpu_seconds, cost, cache_hits)."""
+    return await gw.status()
 
 
 def state_cell(row: dict) -> str:

@@ -8,12 +8,30 @@ every backend takes an OpenAI chat body and gives back OpenAI JSON or OpenAI SSE
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+IDENTITY_HEADER = "x-tiergate-instance"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a worker must show to be taken for the instance the gateway started.
+
+    Any server can answer 200 on a port: a stranger's process (or another test's worker)
+    on the configured port must not be taken for ours. `auto`: the stand-in worker names
+    its instance in the `x-tiergate-instance` header, and a server that names none (vLLM)
+    must list the tier's model; `model`: always the model check; `none`: any answer.
+    """
+
+    instance: str
+    model: str = ""
+    mode: Literal["auto", "model", "none"] = "auto"
 
 
 class Backend(Protocol):
-    async def health(self, base_url: str) -> bool:
-        """True once the worker can answer a request (used to decide `ready`)."""
+    async def health(self, base_url: str, expect: Identity) -> bool:
+        """True once the worker can answer a request and shows the expected identity (`ready`)."""
         ...
 
     async def complete(self, base_url: str, body: dict) -> dict:

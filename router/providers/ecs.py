@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from ..config import EcsSettings, InstanceConfig
-from .base import MachineState, MachineStatus, Misconfigured, NoCapacity, ProviderError, Unreachable
+from .base import Handle, MachineState, MachineStatus, Misconfigured, NoCapacity, ProviderError, Unreachable
 
 T = TypeVar("T")
 Action = Literal["StartInstance", "StopInstance"]
@@ -128,6 +128,8 @@ class EcsProvider:
     """Moves ECS instances; one SDK client per (region, endpoint, protocol), one credential chain for all."""
 
     kind = "ecs"
+    billed = True
+    check_every = 30.0  # the cloud API is asked at most this often per instance (its reconcile period)
 
     def __init__(
         self,
@@ -160,8 +162,21 @@ class EcsProvider:
     def region(self, inst: InstanceConfig) -> str:
         return inst.region or self.settings.region
 
-    def stopped_mode(self, inst: InstanceConfig) -> str:
-        return inst.stopped_mode or self.settings.stopped_mode
+    def stopped_mode(self, inst: InstanceConfig, *, standby: bool = False) -> str:
+        """KeepCharging restarts faster (the machine is kept), StopCharging stops paying for compute."""
+        return "KeepCharging" if standby else inst.stopped_mode or self.settings.stopped_mode
+
+    def reachable(self, handle: Handle) -> bool:
+        return True  # the API answers from anywhere
+
+    def dies_with_gateway(self, handle: Handle) -> bool:
+        return False
+
+    async def on_gateway_start(self) -> list[str]:
+        return []  # nothing host-bound: reconcile finds running machines
+
+    def on_gateway_stop(self) -> None:
+        return None  # machines outlive a gateway on purpose; another gateway (or the restart) stops them
 
     def _key(self, inst: InstanceConfig) -> tuple[str, str, str]:
         return (self.region(inst), inst.endpoint or self.settings.endpoint, inst.protocol or self.settings.protocol)
@@ -297,7 +312,7 @@ class EcsProvider:
         found = await self._describe_raw(inst, [inst.instance_id])
         return found.get(inst.instance_id) or self._missing(inst)
 
-    async def status(self, inst: InstanceConfig) -> MachineStatus:
+    async def status(self, inst: InstanceConfig, handle: Handle | None = None) -> MachineStatus:
         """A missing instance is reported as UNKNOWN with a detail; acting on it (start) raises Misconfigured."""
         return (await self._describe_one(inst)).status
 
@@ -316,30 +331,30 @@ class EcsProvider:
 
     # --- the provider interface --------------------------------------------------------
 
-    async def start(self, inst: InstanceConfig) -> None:
+    async def start(self, inst: InstanceConfig) -> Handle:
         """StartInstance; if the machine is mid-transition, wait until a start is accepted or unneeded."""
         self._ips.pop(inst.instance_id, None)  # a StopCharging restart may bring a new public IP
         deadline = time.monotonic() + self.wait_timeout
         while True:
             call = lambda: self._send(inst, "StartInstance")
             if not isinstance(await self._api(inst, "StartInstance", call, tolerate=_CONVERGE), ApiError):
-                return
+                return {}
             machine = await self._describe_one(inst)
             state = machine.status.state
             if state in (MachineState.STARTING, MachineState.RUNNING):
-                return  # already on its way up: the same outcome as our start
+                return {}  # already on its way up: the same outcome as our start
             if state == MachineState.UNKNOWN:
                 raise Misconfigured(f"{inst.id}: cannot start: {machine.status.detail}")
             self._check_deadline(inst, deadline, "become startable", machine.status)
             await asyncio.sleep(self.poll_interval)  # still Stopping: try again once it is Stopped
 
-    async def stop(self, inst: InstanceConfig) -> None:
+    async def stop(self, inst: InstanceConfig, handle: Handle | None = None, *, standby: bool = False) -> None:
         """StopInstance in the instance's stopped mode, then wait for Stopped (the moment billing ends)."""
         deadline = time.monotonic() + self.wait_timeout
         accepted = False
         while True:
             if not accepted:
-                call = lambda: self._send(inst, "StopInstance", stopped_mode=self.stopped_mode(inst))
+                call = lambda: self._send(inst, "StopInstance", stopped_mode=self.stopped_mode(inst, standby=standby))
                 accepted = not isinstance(await self._api(inst, "StopInstance", call, tolerate=_CONVERGE), ApiError)
             machine = await self._describe_one(inst)
             state = machine.status.state
@@ -361,7 +376,7 @@ class EcsProvider:
                 f"{inst.id}: did not {what} within {self.wait_timeout:.0f}s (last seen: {status.detail or status.state})"
             )
 
-    async def url(self, inst: InstanceConfig) -> str:
+    async def url(self, inst: InstanceConfig, handle: Handle | None = None) -> str:
         """The `url` template with the IPs ECS reports; described again only when the cache lacks one it needs."""
         needs_private, needs_public = "{private_ip}" in inst.url, "{public_ip}" in inst.url
         private_ip, public_ip = self._ips.get(inst.instance_id, ("", ""))

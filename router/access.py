@@ -1,0 +1,151 @@
+"""Who may call which route: decided once, before any route runs (a plain ASGI middleware).
+
+Public by design, private by default:
+* `GET /healthz` is public (load balancers), and `POST /api/instances/{id}/ready` carries
+  its own credential (`$TIERGATE_CALLBACK_TOKEN`), checked by the route.
+* With `[gateway] require_login = false` (the default) the chat API, models and status
+  are open, as the UI is; admin routes check `$TIERGATE_ADMIN_TOKEN` themselves.
+* With `require_login = true`, every other API route (`/v1`, `/api`, `/metrics`, the
+  OpenAPI schema and docs) needs a credential: a Bearer API key from `[gateway] api_keys`
+  (or `$TIERGATE_API_KEYS`), the admin token, or the cookie of a UI login. The UI's own
+  routes are guarded by Gradio's login page.
+`ROUTES` lists every route with its credential; docs/security.md is generated from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from .auth import verify_password
+from .errors import Unauthorized
+
+PUBLIC = re.compile(r"^/healthz/?$|^/api/instances/[^/]+/ready/?$")
+GUARDED = re.compile(r"^/(v1|api)(/|$)|^/metrics/?$|^/openapi\.json$")
+ADMIN = "`Authorization: Bearer $TIERGATE_ADMIN_TOKEN`"
+LOGIN = "open; with `require_login`: an API key, the admin token or a UI login"
+
+# (method, path, credential): what docs/security.md prints, checked against the app by a test.
+ROUTES: tuple[tuple[str, str, str], ...] = (
+    ("POST", "/v1/chat/completions", LOGIN),
+    ("GET", "/v1/models", LOGIN),
+    ("GET", "/api/tiers", LOGIN),
+    ("POST", "/api/tiers/{name}/{action}", f"{ADMIN} (and, with `require_login`, that is the credential)"),
+    ("GET", "/api/events", ADMIN),
+    ("GET", "/api/config", ADMIN),
+    ("PUT", "/api/config", ADMIN),
+    ("POST", "/api/instances/{instance_id}/ready", "`Authorization: Bearer $TIERGATE_CALLBACK_TOKEN` (a worker)"),
+    ("GET", "/healthz", "public"),
+    ("GET", "/metrics", LOGIN),
+    ("GET", "/openapi.json", LOGIN),
+    ("GET", "/api/docs", LOGIN),
+)
+
+# cookies -> the logged-in UI user, or None; the UI puts one on `app.state.session_check` when mounted
+SessionCheck = Callable[[dict[str, str]], str | None]
+
+
+class KeyRing:
+    """API key hashes from the config and the environment; a verified key is remembered briefly.
+
+    Keys are hashed like the admin passwords (PBKDF2), which is slow on purpose, so each
+    key is verified once and then recognised by its SHA-256 for `REMEMBER` seconds.
+    """
+
+    REMEMBER = 300.0
+
+    def __init__(self, hashes: list[str]) -> None:
+        self.hashes = [h for h in hashes if h]
+        self._known: dict[str, float] = {}
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> KeyRing:
+        env = [h.strip() for h in os.environ.get("TIERGATE_API_KEYS", "").split(",")]
+        return cls([*getattr(cfg.gateway, "api_keys", []), *env])
+
+    def remembered(self, key: str) -> str | None:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        until = self._known.get(digest)
+        return f"key:{digest[:12]}" if until and until > time.monotonic() else None
+
+    def verify(self, key: str) -> str | None:
+        """The caller's id (`key:<hash prefix>`) for a valid key, else None. Slow: call off the event loop."""
+        if not key or len(key) > 512:
+            return None
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        for h in self.hashes:
+            if h.startswith("sha256$") and hmac.compare_digest(h.removeprefix("sha256$"), digest):
+                break
+            if h.startswith("pbkdf2_sha256$") and verify_password(key, h):
+                break
+        else:
+            return None
+        self._known[digest] = time.monotonic() + self.REMEMBER
+        return f"key:{digest[:12]}"
+
+
+class Guard:
+    """ASGI middleware: refuse a guarded route without a credential, before it runs."""
+
+    def __init__(self, app: Any, gateway: Any) -> None:
+        self.app = app
+        self.gw = gateway
+        self._keys: tuple[int, KeyRing] | None = None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not self.gw.cfg.gateway.require_login:
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if PUBLIC.match(path) or not GUARDED.match(path):
+            await self.app(scope, receive, send)
+            return
+        who = await self.identify(scope)
+        if who is None:
+            err = Unauthorized("this gateway requires a credential: 'Authorization: Bearer <API key>' "
+                               "(see [gateway] api_keys), or log in to the UI", code="missing_credential")
+            headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]
+            await send({"type": "http.response.start", "status": err.status, "headers": headers})
+            await send({"type": "http.response.body", "body": orjson.dumps(err.body())})
+            return
+        scope["tiergate.asker"] = who
+        await self.app(scope, receive, send)
+
+    def keyring(self) -> KeyRing:
+        cfg = self.gw.cfg
+        if self._keys is None or self._keys[0] != id(cfg):  # rebuilt after a config reload
+            self._keys = (id(cfg), KeyRing.from_config(cfg))
+        return self._keys[1]
+
+    async def identify(self, scope: dict) -> str | None:
+        headers = dict(scope.get("headers") or [])
+        auth = headers.get(b"authorization", b"").decode("latin-1")
+        if auth.startswith("Bearer "):
+            token = auth[7:].strip()
+            admin = os.environ.get("TIERGATE_ADMIN_TOKEN", "")
+            if admin and hmac.compare_digest(token.encode(), admin.encode()):
+                return "admin"
+            ring = self.keyring()
+            return ring.remembered(token) or await asyncio.to_thread(ring.verify, token)
+        app = scope.get("app")
+        check: SessionCheck | None = getattr(getattr(app, "state", None), "session_check", None)
+        if check is not None and (user := check(_cookies(headers.get(b"cookie", b"")))):
+            return f"ui:{user}"
+        return None
+
+
+def _cookies(raw: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in raw.decode("latin-1").split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep:
+            out[name] = value
+    return out
