@@ -7,6 +7,7 @@ fake here, and it behaves like the cloud on the wire.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ class Workers:
                 [sys.executable, "-m", "router.worker", "--port", str(self.ports[instance_id]), "--boot-seconds", "0.3",
                  "--tokens-per-second", "0"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env={**os.environ, "TIERGATE_INSTANCE_ID": instance_id},  # the GPU image reads it from metadata
             )
 
     def stopped(self, instance_id: str, *_: object) -> None:

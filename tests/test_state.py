@@ -100,9 +100,8 @@ def test_every_state_can_be_left_and_reached() -> None:
 @pytest.mark.anyio
 async def test_one_owner_at_a_time(state: State) -> None:
     other = State(state.redis, gateway_id="other")
-    async with state.lock("t") as mine:
-        async with other.lock("t") as theirs:
-            assert mine and not theirs
+    async with state.lock("t") as mine, other.lock("t") as theirs:
+        assert mine and not theirs
     async with other.lock("t") as theirs:
         assert theirs  # released on exit
 
