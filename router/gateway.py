@@ -10,6 +10,7 @@ behind it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -122,10 +123,22 @@ class Gateway:
         return str((await self.lifecycle.view(self._tier(name))).state)
 
     async def start_tier(self, name: str, actor: str) -> str:
-        """Begin a start and return the tier's state (`starting`); the boot goes on in the background."""
-        self._tier(name)
-        await self.lifecycle.admin_start(name, actor=actor)
-        return await self.tier_state(name)
+        """Begin a start and return the tier's state once it moved (`starting`, or `failed` with a refusal).
+
+        The boot itself goes on in the background; a tier already up answers `ready`.
+        """
+        tier = self._tier(name)
+        deadline = asyncio.get_running_loop().time() + 5
+        changed = self.notifier.waiter(name)
+        task = self.lifecycle.ensure(name, "started by an admin", started_by="admin", actor=actor)
+        while True:
+            state = (await self.lifecycle.view(tier)).state
+            left = deadline - asyncio.get_running_loop().time()
+            if state != InstanceState.STOPPED or task.done() or left <= 0:
+                return str(state)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(left, 0.25))
+            changed = self.notifier.waiter(name)
 
     async def prewarm(self, name: str, actor: str) -> None:
         self._tier(name)

@@ -128,6 +128,8 @@ class Lifecycle:
             outcome = await self._boot(tier, inst, iv.state, reason, started_by, actor)
             if outcome is None:
                 return
+            if (await self.state.instance(inst.id, tier.name)).state == S.STOPPED:
+                return  # called off (nobody waits any more, an admin stop): not a reason to try the next one
             why.append(outcome)
         if why:
             await self.state.event(tier.name, "failed", reason="; ".join(why), actor=actor)
@@ -171,11 +173,12 @@ class Lifecycle:
             if iv.state != S.STARTING:
                 return None if iv.state == S.READY else f"{inst.id} is {iv.state}"
             if iv.cancel:
-                return await self._give_up(tier, inst, iv.cancel)
+                return await self._give_up(tier, inst, iv.cancel, failed=False)
             now = time.time()
             for action in decide(tier, facts_of(tier, view, self.billed), now, History(boots=view.boots)):
                 if action.kind == "give_up_boot" and action.instance == inst.id:
-                    return await self._give_up(tier, inst, action.reason)
+                    late = now - iv.boot_started / 1000 >= tier.boot_timeout  # a failure, not a cancellation
+                    return await self._give_up(tier, inst, action.reason, failed=late)
             url = iv.url
             if time.monotonic() >= next_status:
                 next_status = time.monotonic() + provider.poll_interval
@@ -207,10 +210,11 @@ class Lifecycle:
         await self.state.event(tier.name, "start_refused", instance=inst.id, reason=why)
         return why
 
-    async def _give_up(self, tier: TierConfig, inst: InstanceConfig, why: str) -> str:
-        """A start that did not lead to a ready worker: stop the machine, then mark it failed."""
-        if await self.state.transition(inst.id, tier.name, S.STARTING, S.STOPPING, stage="", reason=why, then=S.FAILED):
-            await self._stop_machine(tier, inst, why, then=S.FAILED)
+    async def _give_up(self, tier: TierConfig, inst: InstanceConfig, why: str, *, failed: bool = True) -> str:
+        """A start that did not lead to a ready worker: stop the machine; `failed` unless it was called off."""
+        then = S.FAILED if failed else S.STOPPED
+        if await self.state.transition(inst.id, tier.name, S.STARTING, S.STOPPING, stage="", reason=why, then=then):
+            await self._stop_machine(tier, inst, why, then=then)
         return why
 
     # --- stopping ------------------------------------------------------------------------
@@ -259,11 +263,6 @@ class Lifecycle:
             self.ensure(tier.name, "resuming a boot whose owner is gone", start=False)
 
     # --- admin and callbacks -------------------------------------------------------------
-
-    async def admin_start(self, tier_name: str, actor: str) -> None:
-        """Begin a start and return; the boot goes on in the background (watch /api/tiers)."""
-        self.ensure(tier_name, "started by an admin", started_by="admin", actor=actor)
-        await asyncio.sleep(0)
 
     async def admin_stop(self, tier_name: str, actor: str) -> None:
         """Stop every machine of the tier now (a boot is given up first) and clear a failure."""
@@ -365,9 +364,14 @@ class Lifecycle:
                     continue
                 for inst in tier.instances:
                     iv = await self.state.instance(inst.id, tier.name)
-                    if self.provider(inst).reachable(iv.handle):
+                    if not self.provider(inst).reachable(iv.handle):
+                        continue
+                    try:
                         st = await self.provider(inst).status(inst, iv.handle)
-                        await self._reconcile(tier, inst, st, "gateway start-up")
+                    except Exception as exc:  # noqa: BLE001 - a cloud API down must not keep the gateway down
+                        log.warning("cannot check %s at start-up (the supervisor retries): %s", inst.id, exc)
+                        continue
+                    await self._reconcile(tier, inst, st, "gateway start-up")
 
     def _adopts(self, inst: InstanceConfig) -> bool:
         return not self.provider(inst).billed or inst.adopt_running

@@ -199,6 +199,7 @@ def test_admin_start_and_stop(tmp_path: Path, fresh_redis: str, gateway_factory)
         assert c.post("/api/tiers/nope/start", headers=auth).status_code == 404
         r = c.post("/api/tiers/manual/start", headers=auth)
         assert r.status_code == 200
+        assert r.json() == {"tier": "manual", "state": "starting"}  # not `stopped`, which reads as a failure
         wait_for(lambda: gw.tiers()["manual"]["state"] == "ready", timeout=20, what="admin start")
         assert c.post("/api/tiers/manual/stop", headers=auth).json()["state"] == "stopped"
     assert not listening(port_of(cfg, "manual"))
@@ -290,3 +291,30 @@ def test_a_prewarm_window_starts_the_tier_and_keeps_it_up(tmp_path: Path, fresh_
     time.sleep(3)  # three idle timeouts later, still up: not idled out inside its window
     assert gw.tiers()["morning"]["state"] == "ready"
     assert [e["reason"] for e in events(fresh_redis, "morning") if e["event"] == "starting"] == ["scheduled pre-warm window"]
+
+
+def test_two_gateways_from_different_folders_agree_on_a_local_worker(tmp_path: Path, fresh_redis: str,
+                                                                      gateway_factory) -> None:
+    """Same config, same relative data_dir, different working directories, one Redis: the worker
+    one gateway started is seen as running by the other, and idles out once (no adopt/stop flapping)."""
+    text = tier_toml("twofold", idle="4s", command=worker_command(boot=0.3))
+    text = text + "\n".join(
+        f'[routing.tasks.{t}]\nspeed = "twofold"\nbalanced = "twofold"\nquality = "twofold"'
+        for t in ("caption", "ocr", "document", "grounding", "html", "gui_agent", "video", "long_video"))
+    configs = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        cfg = tmp_path / name / "tiers.toml"
+        cfg.write_text('[gateway]\ndata_dir = ".tiergate"\n\n[cache]\nenabled = false\n\n' + text)
+        configs.append(cfg)
+    a = gateway_factory(configs[0], redis_url=fresh_redis, name="a")
+    b = gateway_factory(configs[1], redis_url=fresh_redis, name="b")
+    with a.client() as c:
+        assert c.post("/v1/chat/completions", json=chat("hello")).status_code == 200
+    port = port_of(configs[0], "twofold")
+    time.sleep(2.5)  # several supervisor passes and health checks of both gateways
+    assert b.tiers()["twofold"]["state"] == "ready"  # b sees a's worker running, not a stranger or nothing
+    wait_for(lambda: b.tiers()["twofold"]["state"] == "stopped", timeout=20, what="the idle stop")
+    wait_for(lambda: not listening(port), timeout=10, what="the worker to be gone")
+    seen = kinds(fresh_redis, "twofold")
+    assert seen.count("starting") == 1 and seen.count("stopped") == 1 and "adopted" not in seen, seen
