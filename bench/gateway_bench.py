@@ -1,17 +1,25 @@
-"""Warm-path overhead, cache hits, throughput, a cold herd, and gateway memory.
+"""The gateway's warm path at its default settings, side by side with the worker it fronts.
 
-Prints figures; it asserts nothing. Direct and through-gateway requests are interleaved in
-one run against the same stand-in worker, so a noisy machine affects both alike.
+Prints one table (markdown) and asserts nothing. What users run is measured: `tiergate
+serve` with the default config (cache on, log level info) in front of `bench/fast_worker.py`,
+an OpenAI-style worker fast enough that the gateway is the bottleneck. Direct and gateway
+requests are interleaved in one run, so a noisy machine affects both alike; figures are
+medians. Misses are misses: every request asks something new. Throughput comes from `wrk`
+(Debian package `wrk`) when installed, else from an asyncio client (said in the table).
 
-    .venv/bin/python bench/gateway_bench.py [--requests 400] [--concurrency 32] [--herd 200]
+    .venv/bin/python bench/gateway_bench.py [--requests 2000] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import os
 import platform
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -22,10 +30,228 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.conftest import free_port, start_gateway, wait_for
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.conftest import free_port, wait_for
 
-BODY = {"model": "auto", "messages": [{"role": "user", "content": "Describe a red square."}], "max_tokens": 16}
+COUNTER = itertools.count()
+
+
+def body(stream: bool = False, cache: bool | None = None, text: str | None = None) -> dict:
+    b: dict = {"model": "auto", "messages": [{"role": "user", "content": text or f"Describe red square {next(COUNTER)}."}],
+               "max_tokens": 16, "stream": stream}
+    if cache is not None:
+        b["tiergate"] = {"cache": cache}
+    return b
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+
+
+def config(tmp: Path, fast: str, slow: str) -> Path:
+    """The packaged default's settings (cache on), with static tiers in front of the bench workers."""
+    routes = "\n".join(f'[routing.tasks.{t}]\nspeed = "warm"\nbalanced = "warm"\nquality = "warm"'
+                       for t in ("caption", "ocr", "document", "grounding", "html", "gui_agent", "video", "long_video"))
+    text = f"""[gateway]
+data_dir = "{tmp / 'data'}"
+
+{routes}
+
+[tiers.warm]
+gpu = "RTX 4090D"
+price_per_hour = 2.8
+model = "bench"
+
+[[tiers.warm.instances]]
+provider = "static"
+url = "{fast}"
+
+[tiers.paced]
+gpu = "RTX 4090D"
+price_per_hour = 2.8
+model = "bench"
+
+[[tiers.paced.instances]]
+provider = "static"
+url = "{slow}"
+"""
+    path = tmp / "tiers.toml"
+    path.write_text(text)
+    return path
+
+
+def start_worker(port: int, delay_ms: float = 0.0, chunks: int = 200) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fast_worker.py"), "--port", str(port),
+                             "--delay-ms", str(delay_ms), "--chunks", str(chunks)])
+    wait_for(lambda: _up(f"http://127.0.0.1:{port}/health"), what="bench worker")
+    return proc
+
+
+def start_gateway(cfg: Path, workers: int = 1) -> tuple[subprocess.Popen, str]:
+    """`tiergate serve` as a user starts it (log level info), on a config in its own folder."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERGATE_")}
+    log = open(cfg.parent / f"gateway-{port}.log", "wb")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen([sys.executable, "-m", "router.cli", "serve", "--config", str(cfg), "--port", str(port),
+                             "--workers", str(workers)], stdout=log, stderr=log, env=env, cwd=cfg.parent)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _up(url + "/healthz") and _ready(url), timeout=120, what="gateway")
+    return proc, url
+
+
+def _ready(url: str) -> bool:
+    tiers = httpx.get(url + "/api/tiers", trust_env=False).json()["tiers"]
+    return all(t["state"] == "ready" for t in tiers)
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def timed(client: httpx.AsyncClient, url: str, b: dict) -> float:
+    t0 = time.perf_counter()
+    r = await client.post(url, json=b)
+    r.raise_for_status()
+    return (time.perf_counter() - t0) * 1000
+
+
+async def ab(direct: str, gateway: str, n: int, cache: bool | None) -> tuple[list[float], list[float]]:
+    """Alternate a direct and a gateway request n times (each gateway request a miss, or a bypass)."""
+    d, g = [], []
+    async with httpx.AsyncClient(timeout=60, trust_env=False) as c:
+        for _ in range(50):  # warm both connection pools and the gateway's code paths
+            await timed(c, direct, body())
+            await timed(c, gateway, body(cache=cache))
+        for _ in range(n):
+            d.append(await timed(c, direct, body()))
+            g.append(await timed(c, gateway, body(cache=cache)))
+    return d, g
+
+
+async def hits(gateway: str, n: int) -> list[float]:
+    b = body(text="the same question every time")
+    async with httpx.AsyncClient(timeout=60, trust_env=False) as c:
+        await timed(c, gateway, b)
+        await asyncio.sleep(0.5)  # stored
+        return [await timed(c, gateway, b) for _ in range(n)]
+
+
+async def stream_once(client: httpx.AsyncClient, url: str) -> tuple[float, float, int]:
+    """(time to the first content event, total time, events), in ms."""
+    t0 = time.perf_counter()
+    first = 0.0
+    events = 0
+    async with client.stream("POST", url, json=body(stream=True)) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if line.startswith("data:") and '"content"' in line:
+                events += 1
+                if not first:
+                    first = time.perf_counter()
+    end = time.perf_counter()
+    return (first - t0) * 1000, (end - t0) * 1000, events
+
+
+async def streams(direct: str, gateway: str, n: int) -> tuple[list[tuple], list[tuple]]:
+    d, g = [], []
+    async with httpx.AsyncClient(timeout=60, trust_env=False) as c:
+        for _ in range(20):
+            await stream_once(c, direct)
+            await stream_once(c, gateway)
+        for _ in range(n):
+            d.append(await stream_once(c, direct))
+            g.append(await stream_once(c, gateway))
+    return d, g
+
+
+WRK_SCRIPT = """
+counter = 0
+request = function()
+  counter = counter + 1
+  local b = '{"model":"MODEL","max_tokens":16,"messages":[{"role":"user","content":"Describe square ' ..
+            counter .. '-' .. math.random(1, 1000000000) .. '."}]}'
+  return wrk.format("POST", nil, {["content-type"] = "application/json"}, b)
+end
+"""
+
+
+def throughput(url: str, model: str, concurrency: int, seconds: float, tmp: Path) -> tuple[float, str]:
+    """Requests per second of unique (cache-missing) requests at `concurrency` connections."""
+    if shutil.which("wrk"):
+        script = tmp / f"post-{model}.lua"
+        script.write_text(WRK_SCRIPT.replace("MODEL", model))
+        out = subprocess.run(["wrk", "-t2", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "-s", str(script), url],
+                             capture_output=True, text=True, check=True).stdout
+        errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        if errors:
+            raise RuntimeError(f"wrk saw {errors.group(1)} errors:\n{out}")
+        return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "wrk"
+    return asyncio.run(_client_throughput(url, model, concurrency, seconds)), "an asyncio client"
+
+
+async def _client_throughput(url: str, model: str, concurrency: int, seconds: float) -> float:
+    done = 0
+    stop = time.perf_counter() + seconds
+    async with httpx.AsyncClient(timeout=60, trust_env=False, limits=httpx.Limits(max_connections=concurrency)) as c:
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < stop:
+                await timed(c, url, {**body(), "model": model})
+                done += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=2000, help="requests per latency series")
+    ap.add_argument("--streams", type=int, default=300, help="streamed answers per series")
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of one throughput run")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds")
+    ap.add_argument("--quick", action="store_true", help="small series: checks that it runs, not figures")
+    args = ap.parse_args()
+    if args.quick:
+        args.requests, args.streams, args.seconds, args.rounds = 40, 5, 1.0, 1
+
+    tmp = Path(tempfile.mkdtemp(prefix="tiergate-bench-"))
+    fast_port, paced_port = free_port(), free_port()
+    procs = [start_worker(fast_port), start_worker(paced_port, delay_ms=1.5)]
+    fast, paced = f"http://127.0.0.1:{fast_port}", f"http://127.0.0.1:{paced_port}"
+    chat = "/v1/chat/completions"
+    try:
+        (tmp / "one").mkdir()
+        (tmp / "pool").mkdir()
+        gw, url = start_gateway(config(tmp / "one", fast, paced))
+        procs.append(gw)
+        f: dict = {"pid": gw.pid, "rss_idle": rss_mb(gw.pid)}
+        f["direct"], f["gateway"] = asyncio.run(ab(fast + chat, url + chat, args.requests, cache=None))
+        f["bypass_direct"], f["bypass"] = asyncio.run(ab(fast + chat, url + chat, args.requests // 2, cache=False))
+        f["hits"] = asyncio.run(hits(url + chat, args.requests))
+        f["stream_direct"], f["stream"] = asyncio.run(streams(fast + chat, url + chat, args.streams))
+        f["worker_alone"], f["tool"] = throughput(fast + chat, "warm", 32, args.seconds, tmp)
+        pool, pool_url = start_gateway(config(tmp / "pool", fast, paced), workers=2)
+        procs.append(pool)
+        f["rounds"] = []
+        for _ in range(args.rounds):  # interleaved: direct, one process, two processes
+            rd, _ = throughput(paced + chat, "paced", 32, args.seconds, tmp)
+            rg, _ = throughput(url + chat, "paced", 32, args.seconds, tmp)
+            rp, _ = throughput(pool_url + chat, "paced", 32, args.seconds, tmp)
+            f["rounds"].append((rd, rg, rp))
+        f["rss_after"] = rss_mb(gw.pid)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            with contextlib.suppress(Exception):
+                p.wait(30)
+    print(report(args, f))
 
 
 def rss_mb(pid: int) -> float:
@@ -35,172 +261,47 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+def row(name: str, result: str, target: str, met: bool | None) -> str:
+    verdict = "" if met is None else ("met" if met else "**missed**")
+    return f"| {name} | {result} | {target} | {verdict} |"
 
 
-def write_config(tmp: Path, worker_url: str) -> Path:
-    herd_port = free_port()
-    text = f"""
-[gateway]
-data_dir = "{tmp / 'data'}"
-
-[routing.tasks.caption]
-speed = "warm"
-balanced = "warm"
-quality = "warm"
-
-[tiers.warm]
-gpu = "RTX 4090D"
-price_per_hour = 2.8
-model = "bench"
-
-[[tiers.warm.instances]]
-provider = "static"
-url = "{worker_url}"
-
-[tiers.cold]
-gpu = "RTX 3060"
-price_per_hour = 1.0
-boot_seconds = 2
-max_queue = 1000
-model = "bench-cold"
-
-[[tiers.cold.instances]]
-provider = "local"
-port = {herd_port}
-command = ["tiergate", "worker", "--port", "{{port}}", "--boot-seconds", "2", "--tokens-per-second", "0"]
-url = "http://127.0.0.1:{{port}}"
-"""
-    path = tmp / "tiers.toml"
-    path.write_text(text)
-    return path
-
-
-async def one(client: httpx.AsyncClient, url: str, body: dict) -> float:
-    t0 = time.perf_counter()
-    r = await client.post(url, json=body)
-    r.raise_for_status()
-    return (time.perf_counter() - t0) * 1000
-
-
-async def sequential_ab(direct: str, gateway: str, n: int) -> tuple[list[float], list[float]]:
-    """Alternate direct and gateway requests so drift on the machine hits both equally."""
-    d, g = [], []
-    nocache = {**BODY, "tiergate": {"cache": False}}
-    async with httpx.AsyncClient(timeout=60, trust_env=False) as c:
-        for _ in range(20):  # warm both connection pools
-            await one(c, direct, BODY)
-            await one(c, gateway, nocache)
-        for _ in range(n):
-            d.append(await one(c, direct, BODY))
-            g.append(await one(c, gateway, nocache))
-    return d, g
-
-
-async def cache_hits(gateway: str, n: int) -> list[float]:
-    body = {**BODY, "messages": [{"role": "user", "content": "cached question"}]}
-    async with httpx.AsyncClient(timeout=60, trust_env=False) as c:
-        await one(c, gateway, body)
-        return [await one(c, gateway, body) for _ in range(n)]
-
-
-async def throughput(url: str, body: dict, concurrency: int, total: int) -> float:
-    async with httpx.AsyncClient(timeout=60, trust_env=False, limits=httpx.Limits(max_connections=concurrency)) as c:
-        left = total
-
-        async def worker() -> None:
-            nonlocal left
-            while left > 0:
-                left -= 1
-                await one(c, url, body)
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return total / (time.perf_counter() - t0)
-
-
-async def herd(gateway: str, n: int, pid: int) -> tuple[float, int, float]:
-    peak = 0.0
-    body = {**BODY, "model": "cold", "tiergate": {"cache": False}}
-
-    async def sample() -> None:
-        nonlocal peak
-        while True:
-            peak = max(peak, rss_mb(pid))
-            await asyncio.sleep(0.05)
-
-    sampler = asyncio.create_task(sample())
-    async with httpx.AsyncClient(timeout=120, trust_env=False, limits=httpx.Limits(max_connections=n)) as c:
-        t0 = time.perf_counter()
-        rs = await asyncio.gather(*(c.post(gateway, json=body) for _ in range(n)))
-        took = time.perf_counter() - t0
-    sampler.cancel()
-    ok = sum(r.status_code == 200 for r in rs)
-    return took, ok, peak
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=400)
-    ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--herd", type=int, default=200)
-    args = ap.parse_args()
-
-    tmp = Path(tempfile.mkdtemp(prefix="tiergate-bench-"))
-    wport = free_port()
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "router.cli", "worker", "--port", str(wport), "--tokens-per-second", "0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    direct = f"http://127.0.0.1:{wport}/v1/chat/completions"
-    wait_for(lambda: _up(f"http://127.0.0.1:{wport}/health"), what="worker")
-    gw = start_gateway(write_config(tmp, f"http://127.0.0.1:{wport}"), name="bench")
-    gateway = gw.url + "/v1/chat/completions"
-    try:
-        time.sleep(2)
-        idle_rss = rss_mb(gw.proc.pid)
-        d, g = asyncio.run(sequential_ab(direct, gateway, args.requests))
-        hits = asyncio.run(cache_hits(gateway, args.requests))
-        nocache = {**BODY, "tiergate": {"cache": False}}
-        rounds = []
-        for _ in range(3):  # interleave the throughput runs too
-            rd = asyncio.run(throughput(direct, BODY, args.concurrency, args.requests))
-            rg = asyncio.run(throughput(gateway, nocache, args.concurrency, args.requests))
-            rounds.append((rd, rg))
-        herd_s, herd_ok, herd_rss = asyncio.run(herd(gateway, args.herd, gw.proc.pid))
-        tiers = {t["name"]: t for t in httpx.get(gw.url + "/api/tiers", trust_env=False).json()["tiers"]}
-    finally:
-        gw.proc.terminate()
-        gw.proc.wait(30)
-        worker.terminate()
-        worker.wait(10)
-
-    added = [b - a for a, b in zip(d, g, strict=True)]
-    rd = statistics.median(r[0] for r in rounds)
-    rg = statistics.median(r[1] for r in rounds)
-    print(f"# tiergate gateway benchmark — {datetime.now(UTC):%Y-%m-%d}, {platform.machine()}, "
-          f"{os.cpu_count()} cores, Python {platform.python_version()}")
-    print()
-    print("| measure | result | target |")
-    print("|---|---|---|")
-    print(f"| direct latency, median / p99 | {statistics.median(d):.2f} / {pct(d, 99):.2f} ms | |")
-    print(f"| through gateway, median / p99 | {statistics.median(g):.2f} / {pct(g, 99):.2f} ms | |")
-    print(f"| added latency, median / p99 | {statistics.median(added):.2f} / {pct(added, 99):.2f} ms | ≤ 1 ms median |")
-    print(f"| cache hit, median / p99 | {statistics.median(hits):.2f} / {pct(hits, 99):.2f} ms | ≤ 2 ms median |")
-    print(f"| throughput at {args.concurrency} concurrent, direct / gateway | {rd:.0f} / {rg:.0f} req/s "
-          f"({rg / rd:.0%}) | ≥ 70% |")
-    print(f"| cold herd of {args.herd}: all answered in | {herd_s:.2f} s ({herd_ok}/{args.herd} ok, "
-          f"{tiers['cold']['starts']} start) | 1 start |")
-    print(f"| gateway RSS idle / peak under the herd | {idle_rss:.0f} / {herd_rss:.0f} MB | ≤ 300 MB idle |")
-
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1, trust_env=False).status_code == 200
-    except httpx.HTTPError:
-        return False
+def report(args: argparse.Namespace, f: dict) -> str:
+    med = statistics.median
+    added = [b - a for a, b in zip(f["direct"], f["gateway"], strict=True)]
+    bypass_added = [b - a for a, b in zip(f["bypass_direct"], f["bypass"], strict=True)]
+    ttft = [g[0] - d[0] for d, g in zip(f["stream_direct"], f["stream"], strict=True)]
+    chunks = max(1, med(g[2] for g in f["stream"]) - 1)
+    per_chunk = [((g[1] - g[0]) - (d[1] - d[0])) / chunks for d, g in zip(f["stream_direct"], f["stream"], strict=True)]
+    rd = med(r[0] for r in f["rounds"])
+    rg = med(r[1] for r in f["rounds"])
+    rp = med(r[2] for r in f["rounds"])
+    lines = [
+        (f"# tiergate gateway benchmark, {datetime.now(UTC):%Y-%m-%d}: {platform.machine()}, {os.cpu_count()} cores, "
+         f"Python {platform.python_version()}"),
+        "",
+        (f"`tiergate serve` with the default settings (cache on, log level info) in front of bench/fast_worker.py "
+         f"(alone: {f['worker_alone']:.0f} req/s at 32 connections); direct and gateway requests interleaved; "
+         f"{len(f['direct'])} requests per latency series, {len(f['stream'])} streams of {chunks + 1:.0f} events, "
+         f"throughput by {f['tool']} over {len(f['rounds'])} interleaved rounds; medians."),
+        "",
+        "| figure | result | target | |",
+        "|---|---|---|---|",
+        row("added latency, median, non-stream miss", f"{med(added):.2f} ms (direct {med(f['direct']):.2f}, "
+            f"gateway {med(f['gateway']):.2f})", "<= 1.0 ms", med(added) <= 1.0),
+        row("added latency, p99", f"{pct(added, 99):.2f} ms", "<= 3 ms", pct(added, 99) <= 3.0),
+        row("added latency, median, cache bypassed", f"{med(bypass_added):.2f} ms", "", None),
+        row("cache hit, median end to end", f"{med(f['hits']):.2f} ms", "<= 1.0 ms", med(f["hits"]) <= 1.0),
+        row("streaming: added time to first token, median", f"{med(ttft):.2f} ms", "<= 1.0 ms", med(ttft) <= 1.0),
+        row("streaming: added time per chunk after the first", f"{med(per_chunk) * 1000:.1f} µs", "<= 50 µs",
+            med(per_chunk) <= 0.05),
+        row("throughput, 32 concurrent misses, gateway / direct (worker answers in 1.5 ms)",
+            f"{rg:.0f} / {rd:.0f} req/s = {rg / rd:.2f}", ">= 0.8", rg / rd >= 0.8),
+        row("the same with `--workers 2`, over one process", f"{rp:.0f} req/s = {rp / rg:.2f}x", ">= 1.5x",
+            rp / rg >= 1.5),
+        row("gateway RSS, idle / after the run", f"{f['rss_idle']:.0f} / {f['rss_after']:.0f} MB", "", None),
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -149,3 +149,10 @@ def _cookies(raw: bytes) -> dict[str, str]:
         if sep:
             out[name] = value
     return out
+
+
+def routes_markdown() -> str:
+    """The route table of docs/security.md (a test checks it against the app's routes)."""
+    rows = ["| method | route | credential |", "|---|---|---|"]
+    rows += [f"| {m} | `{p}` | {c} |" for m, p, c in ROUTES]
+    return "\n".join(rows)

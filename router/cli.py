@@ -37,7 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     from .server import serve
 
-    return serve(cfg, args.host, args.port, args.log_level)
+    return serve(cfg, args.host, args.port, args.log_level, workers=args.workers)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="gateway processes sharing the port, one embedded Redis and one cache (default 1); "
+                        "the UI stays in the first")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check", help="validate a config; exit 2 printing FILE:LINE: message per problem")
