@@ -147,7 +147,7 @@ def mount(app: FastAPI, gateway: Gateway) -> FastAPI:
     return app
 
 
-def _session_check(app: FastAPI):
+def _session_check(app: FastAPI) -> Callable[[dict[str, str]], str | None]:
     """The user of a UI login cookie (Gradio keeps its login tokens in the mounted app)."""
     gradio_app = next(r.app for r in app.routes if getattr(r, "path", None) == "" and hasattr(r, "app"))
 
