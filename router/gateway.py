@@ -16,39 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import routing
+from . import request
 from .backends.base import Backend
 from .cache import Entry, ResponseCache, cache_key, thumbnail
 from .config import PACKAGED_CONFIG, Config, ConfigError, parse_config
-from .errors import BadRequest, NotFound, TierUnavailable, WorkerUnreachable
+from .errors import TierUnavailable, WorkerUnreachable
 from .lifecycle import Lease, Lifecycle, ProgressFn
-from .media import MediaLimits, parse_messages
+from .media import MediaLimits
 from .metrics import Metrics
 from .providers import build_providers
 from .redis_server import RedisHandle, open_redis
+from .request import ChatRequest
 from .sse import SSEReader, replay
 from .state import Notifier, State
 from .status import tiers_status
 
 log = logging.getLogger("tiergate.gateway")
-
-# Body fields the gateway consumes itself rather than forwarding.
-_OWN_FIELDS = ("tiergate",)
-
-
-@dataclass
-class ChatRequest:
-    body: dict  # what goes to the worker, minus `model`, which the tier decides
-    canonical: list  # messages with media replaced by hashes, for the cache key
-    tier: str
-    task: str
-    task_reason: str
-    mode: str
-    stream: bool
-    use_cache: bool
-    question: str
-    pinned: bool  # the client named the tier
-
 
 @dataclass
 class Meta:
@@ -125,56 +108,12 @@ class Gateway:
     # --- validation and routing ------------------------------------------------------
 
     def prepare(self, body: Any) -> ChatRequest:
-        """Check everything about a request before any machine is touched."""
-        if not isinstance(body, dict):
-            raise BadRequest("the request body must be a JSON object", code="invalid_body")
-        opts = body.get("tiergate") or {}
-        if not isinstance(opts, dict):
-            raise BadRequest("`tiergate` must be an object like {\"mode\": \"speed\"}", param="tiergate")
-        unknown = set(opts) - {"mode", "task", "cache"}
-        if unknown:
-            raise BadRequest(f"unknown tiergate option(s): {', '.join(sorted(unknown))}", param="tiergate")
-        stream = body.get("stream", False)
-        if not isinstance(stream, bool):
-            raise BadRequest("`stream` must be true or false", param="stream")
-        parsed = parse_messages(body.get("messages"), self.limits)
-        mode = opts.get("mode") or self.cfg.routing.default_mode
-        if mode not in routing.MODES:
-            raise BadRequest(f"unknown mode {mode!r}; use one of {', '.join(routing.MODES)}", param="tiergate.mode")
-        task, reason = routing.explain(parsed, self.cfg.routing.long_video_seconds)
-        if opts.get("task"):
-            if opts["task"] not in routing.TASKS:
-                raise BadRequest(f"unknown task {opts['task']!r}; use one of {', '.join(routing.TASKS)}", param="tiergate.task")
-            task, reason = opts["task"], "chosen by the client"
-        model = body.get("model") or "auto"
-        if model == "auto":
-            tier = routing.pick_tier(
-                {t: r.model_dump() for t, r in self.cfg.routing.tasks.items()} or self._default_routes(), task, mode
-            )
-        elif model in self.cfg.tiers:
-            tier = model
-        else:
-            raise NotFound(
-                f"unknown model {model!r}; use 'auto' or a tier: {', '.join(self.cfg.tiers)}", param="model", code="model_not_found"
-            )
-        use_cache = opts.get("cache", True)
-        if not isinstance(use_cache, bool):
-            raise BadRequest("`tiergate.cache` must be true or false", param="tiergate.cache")
-        forward = {k: v for k, v in body.items() if k not in _OWN_FIELDS}
-        return ChatRequest(
-            body=forward, canonical=parsed.canonical, tier=tier, task=task, task_reason=reason, mode=mode,
-            stream=stream, use_cache=use_cache and self.cache.enabled, question=(parsed.last_user or parsed.text)[-500:], pinned=model != "auto",
-        )
-
-    def _default_routes(self) -> dict[str, dict[str, str]]:
-        first = next(iter(self.cfg.tiers))
-        return {"caption": dict.fromkeys(routing.MODES, first)}
+        """Check everything about a request before any machine is touched (router/request.py)."""
+        return request.prepare(body, self.cfg, self.limits)
 
     async def prepare_async(self, body: Any, size: int) -> ChatRequest:
         """Large bodies (images, video) are decoded in a thread, off the event loop."""
-        if size > 256 * 1024:
-            return await asyncio.to_thread(self.prepare, body)
-        return self.prepare(body)
+        return await request.prepare_async(body, self.cfg, self.limits, size)
 
     # --- answering -------------------------------------------------------------------
 
