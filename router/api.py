@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from . import request as request_parsing
 from .config import Config
 from .errors import BadRequest, NotFound, PayloadTooLarge, TiergateError, Unauthorized
 from .gateway import Gateway
@@ -79,10 +80,7 @@ def create_app(cfg: Config, gateway: Gateway | None = None) -> FastAPI:
         raw = await request.body()
         if len(raw) > limit:
             raise PayloadTooLarge(f"request body is over the {limit / 2**20:.0f} MiB limit")
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise BadRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+        body = await request_parsing.parse_json_async(raw)  # 400 for bad JSON and for absurd nesting
         req = await gw.prepare_async(body, len(raw))
         answer = await gw.answer(req)
         headers = answer.meta.headers()
