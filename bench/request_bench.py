@@ -1,4 +1,4 @@
-"""What judging a request costs before any machine is touched: routing, preparing, parsing JSON.
+"""What judging a request costs before any machine is touched: messages, routing, preparing, parsing JSON.
 
 Prints figures; it asserts nothing (wall-clock limits do not belong in tests: a loaded
 machine fails them for no fault of the code). The goal each figure is read against is
@@ -57,6 +57,11 @@ def main() -> None:
     long_text = "Please describe everything you can see in this holiday photo from the beach. " * 20
     parsed = parse_messages([{"role": "user", "content": long_text}], MediaLimits())
     rows.append(("routing.classify, 1.6 KB question", per_call(lambda: classify(parsed), args.repeat), "< 500 us"))
+
+    chat = [{"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Describe the weather in Paris today, please."}]}]
+    rows.append(("media.parse_messages, text only", per_call(lambda: parse_messages(chat, MediaLimits()), args.repeat),
+                 "< 200 us"))
 
     text_body = {"model": "auto", "messages": [{"role": "user", "content": "Write the HTML for a login page."}],
                  "max_tokens": 256, "temperature": 0.7, "stream": True, "stream_options": {"include_usage": True}}
