@@ -116,12 +116,9 @@ def _deeper_than(value: Any, limit: int) -> str | None:
     """
     level = [value]
     for _ in range(limit):
-        below: list[Any] = []
-        for node in level:
-            below += [c for c in (node.values() if type(node) is dict else node) if type(c) in _CONTAINERS]
-        if not below:
+        level = [c for node in level for c in (node.values() if type(node) is dict else node) if type(c) in _CONTAINERS]
+        if not level:
             return None
-        level = below
     return _deep_path(value, limit)
 
 
