@@ -44,7 +44,8 @@ def tier(name: str, port: int, *, backend: str = "openai", fallback: str = "", b
 
 def config_text(data_dir: Path, redis_url: str, ports: dict[str, int]) -> str:
     return (
-        f'[gateway]\ndata_dir = "{data_dir}"\nredis_url = "{redis_url}"\n\n{ROUTES}\n\n'
+        f'[gateway]\ndata_dir = "{data_dir}"\nredis_url = "{redis_url}"\nmax_image_size = "100KiB"\nmax_attachments = 3\n\n'
+        f"{ROUTES}\n\n"
         + tier("rq_vllm", ports["rq_vllm"], fallback="rq_demo")
         + tier("rq_demo", ports["rq_demo"], backend="gradio")
         + tier("rq_ok", ports["rq_ok"])
@@ -94,6 +95,15 @@ def png_url(width: int = 32, height: int = 24) -> str:
 
 def ask(text: str = "Describe a red square.", **extra) -> dict:
     return {"model": "auto", "messages": [{"role": "user", "content": text}], **extra}
+
+
+def data_url(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def image_ask(url: str) -> dict:
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is in this image?"}]
+    return {"model": "auto", "messages": [{"role": "user", "content": content}]}
 
 
 def nested(depth: int) -> list:
@@ -161,6 +171,22 @@ REFUSED = [
         {"type": "image_url", "image_url": {}}, {"type": "text", "text": "hi"}]}]}, 400,
      "messages[0].content[0].image_url"),
     ("unknown tier", {**ask(), "model": "nope"}, 404, "model"),
+    ("no messages", {"model": "auto", "messages": []}, 400, "messages"),
+    ("an empty user message", ask(""), 400, "messages[0].content"),
+    ("an unknown role", {"model": "auto", "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role"),
+    ("bad base64", image_ask("data:image/png;base64,@@@not-base64@@@"), 400, "messages[0].content[0].image_url"),
+    ("not an image", image_ask(data_url("image/png", b"definitely not a png")), 400,
+     "messages[0].content[0].image_url"),
+    ("a PDF", image_ask(data_url("application/pdf", b"%PDF-1.4")), 415, "messages[0].content[0].image_url"),
+    ("a file: URL", image_ask("file:///etc/passwd"), 400, "messages[0].content[0].image_url"),
+    ("an image over the limit", image_ask(data_url("image/png", b"\x89PNG" + b"0" * 200_000)), 413,
+     "messages[0].content[0].image_url"),
+    ("too many attachments", {"model": "auto", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": png_url()}} for _ in range(4)]}]}, 400,
+     "messages[0].content[3].image_url"),
+    ("an unknown mode", ask(tiergate={"mode": "turbo"}), 400, "tiergate.mode"),
+    ("an unknown task", ask(tiergate={"task": "dance"}), 400, "tiergate.task"),
+    ("an unknown tiergate option", ask(tiergate={"speed": 1}), 400, "tiergate"),
     # the Gradio web demo's tier: what the demo cannot take
     ("web demo: no text", {"model": "rq_demo", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": png_url()}}]}]}, 400, "messages"),
@@ -179,7 +205,7 @@ def test_refused_before_any_start(gw: InProcessGateway, ports: dict[str, int], w
     answer = gw.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
     assert answer.status_code == status, answer.text
     error = answer.json()["error"]
-    assert error["type"] == "invalid_request_error" and error["message"]
+    assert error["type"] == "invalid_request_error" and error["message"] and error["code"]
     assert error["param"] == param, error
     assert "127.0.0.1" not in error["message"] and "http://" not in error["message"]  # no internal address
     tiers = gw.tiers()
