@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from .config import Config, TierConfig
@@ -68,8 +68,14 @@ class Admission:
         self.notifier = notifier
         self.lifecycle = lifecycle
 
-    async def acquire(self, tier_name: str, on_progress: ProgressFn | None = None, _tried: tuple[str, ...] = ()) -> Lease:
-        """Lease a ready instance of `tier_name`, starting the tier and waiting if needed."""
+    async def acquire(
+        self, tier_name: str, on_progress: ProgressFn | None = None, unfit: Mapping[str, str] | None = None,
+        _tried: tuple[str, ...] = (),
+    ) -> Lease:
+        """Lease a ready instance of `tier_name`, starting the tier and waiting if needed.
+
+        `unfit`: fallback tiers that could not serve this request (and why): never started for it.
+        """
         tier = self.cfg.tiers[tier_name]
         ids = [i.id for i in tier.instances]
         lease = self.leases.new_id()
@@ -108,7 +114,7 @@ class Admission:
                 failed = view.failed
                 if failed is not None and failed.changed_at >= arrived:
                     # the start this request waited for failed: the fallback, or a clear error
-                    return await self._fall_back(tier, failed.reason, on_progress, (*_tried, tier_name))
+                    return await self._fall_back(tier, failed.reason, on_progress, unfit or {}, (*_tried, tier_name))
                 if st in (S.STOPPED, S.FAILED):
                     # idempotent: one task per process, and the tier lock makes it one start overall
                     self.lifecycle.ensure(tier_name, "a request arrived")
@@ -140,14 +146,18 @@ class Admission:
         await self.leases.release(lease.id)
 
     async def _fall_back(
-        self, tier: TierConfig, reason: str, on_progress: ProgressFn | None, tried: tuple[str, ...]
+        self, tier: TierConfig, reason: str, on_progress: ProgressFn | None, unfit: Mapping[str, str],
+        tried: tuple[str, ...],
     ) -> Lease:
         target = tier.fallback
         if not target or target in tried or target not in self.cfg.tiers:
             raise TierUnavailable(f"tier {tier.name!r} ({tier.gpu}) could not be started: {reason}")
+        if target in unfit:
+            raise TierUnavailable(f"tier {tier.name!r} ({tier.gpu}) could not be started: {reason}; "
+                                  f"its fallback {target!r} cannot take this request: {unfit[target]}")
         if on_progress:
             await on_progress(Progress(tier.name, "fallback", 0, None, 0, f"{tier.name} failed ({reason}); using {target}"))
-        lease = await self.acquire(target, on_progress, tried)
+        lease = await self.acquire(target, on_progress, unfit, tried)
         lease.fallback_reason = f"tier {tier.name!r} could not be started ({reason}); answered by {target!r}"
         return lease
 

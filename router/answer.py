@@ -126,7 +126,7 @@ class Answers:
         self, req: ChatRequest, key: str, on_progress: ProgressFn | None, arrived: float, asker: str
     ) -> Answer:
         for attempt in (1, 2):
-            lease = await self.admission.acquire(req.tier, on_progress)
+            lease = await self.admission.acquire(req.tier, on_progress, req.unfit)
             tier_cfg = self.cfg.tiers[lease.tier]
             meta = Meta(tier=lease.tier, gpu=tier_cfg.gpu, task=req.task, cache="miss" if key else "bypass",
                         wait_ms=int(lease.waited * 1000), requested_tier=req.tier, fallback_reason=lease.fallback_reason,
@@ -138,12 +138,12 @@ class Answers:
             backend = self.backends[tier_cfg.backend]
             try:
                 if req.stream:
-                    chunks = backend.stream(lease.url, body)
+                    chunks = backend.stream(lease.url, body, tier=lease.tier)
                     first = await chunks.__anext__()  # a refusal surfaces here, before any byte is sent
                     self.leases.unread(lease.id)
                     gen = self._pass_through(req, key, lease, meta, first, chunks, arrived, asker)
                     return Answer(meta, chunks=gen)
-                response = await backend.complete(lease.url, body)
+                response = await backend.complete(lease.url, body, tier=lease.tier)
             except WorkerUnreachable as exc:
                 await self._end(lease, meta)
                 log.warning("tier %s, instance %s: %s", lease.tier, lease.instance, exc.detail)

@@ -23,7 +23,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .access import Guard
 from .errors import BadRequest, NotFound, PayloadTooLarge, StateUnavailable, TiergateError, Unauthorized
-from .gateway import Gateway, parse_json
+from .gateway import Gateway
+from .request import parse_json_async
 
 log = logging.getLogger("tiergate.api")
 
@@ -102,7 +103,7 @@ def create_app(gw: Gateway) -> FastAPI:
         """POST /v1/chat/completions: the hot path."""
         try:
             raw = await read_body(request, gw.cfg.gateway.max_body_size)
-            body = parse_json(raw)
+            body = await parse_json_async(raw)  # 400 for bad JSON and for absurd nesting
             req = await gw.prepare_async(body, len(raw))
             answer = await gw.answer(req, asker=request.scope.get("tiergate.asker", ""))
         except TiergateError as exc:

@@ -49,9 +49,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from . import worker
+    from worker.cli import run
 
-    return worker.run(args)
+    return run(args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -146,10 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(p)
     p.set_defaults(func=cmd_check)
 
-    from . import worker
+    from worker.cli import add_arguments as worker_arguments  # argparse only: cheap for every command
 
     p = sub.add_parser("worker", help="a stand-in GPU worker (OpenAI-compatible, no model) for demos and tests")
-    worker.add_arguments(p)
+    worker_arguments(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("status", help="a table of tiers: state, instances, in flight, idle for, starts, GPU time, cost")

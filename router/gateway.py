@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from . import request
 from . import status as status_mod
 from .admission import Admission, Progress, ProgressFn
 from .answer import Answer, Answers, Meta
@@ -30,7 +31,7 @@ from .machine import InstanceState
 from .metrics import Metrics
 from .providers import build_providers
 from .redis_server import RedisHandle, open_redis
-from .request import ChatRequest, limits_of, parse_json, prepare
+from .request import ChatRequest, parse_json
 from .state import Notifier, State
 from .supervisor import Supervisor
 
@@ -40,7 +41,7 @@ __all__ = ["Answer", "ChatRequest", "Entry", "Gateway", "Meta", "Progress", "Pro
 class Gateway:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.limits = limits_of(cfg)
+        self.limits = request.limits_for(cfg)
         self.cache = ResponseCache(cfg.cache, cfg.data_dir() / "cache")
         self.metrics = Metrics()
         self.later = Background()
@@ -83,14 +84,12 @@ class Gateway:
     # --- chat ------------------------------------------------------------------------------
 
     def prepare(self, body: Any) -> ChatRequest:
-        """Check everything about a request before any machine is touched (4xx naming what is wrong)."""
-        return prepare(body, self.cfg, self.limits)
+        """Check everything about a request before any machine is touched (router/request.py)."""
+        return request.prepare(body, self.cfg, self.limits)
 
     async def prepare_async(self, body: Any, size: int) -> ChatRequest:
         """Large bodies (images, video) are decoded in a thread, off the event loop."""
-        if size > 256 * 1024:
-            return await asyncio.to_thread(self.prepare, body)
-        return self.prepare(body)
+        return await request.prepare_async(body, self.cfg, self.limits, size)
 
     async def answer(self, req: ChatRequest, on_progress: ProgressFn | None = None, asker: str = "") -> Answer:
         """From the cache, or from the routed tier (booting it and reporting progress if it must)."""
@@ -238,7 +237,7 @@ class Gateway:
             self.backends.setdefault(kind, backend)
         for backend in self.backends.values():
             backend.timeout = new_cfg.gateway.request_timeout
-        self.limits = limits_of(new_cfg)
+        self.limits = request.limits_for(new_cfg)
         self.cfg = new_cfg
         self.cache.cfg = new_cfg.cache
         for part in (self.lifecycle, self.admission, self.supervisor, self.answers):

@@ -17,18 +17,14 @@ import binascii
 import hashlib
 import io
 import re
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
 from PIL import Image
 
 from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from .messages import SYSTEM_ROLES, Kind, Media, Turn, walk
 
-Kind = Literal["image", "video"]
-
-# "developer" is OpenAI's newer name for "system"; it is treated as a system prompt.
-ROLES: tuple[str, ...] = ("system", "developer", "user", "assistant", "tool")
-SYSTEM_ROLES = ("system", "developer")
 # image/jpg and video/x-msvideo are not registered types but clients send them.
 IMAGE_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif", "image/bmp")
 VIDEO_TYPES: tuple[str, ...] = (
@@ -37,9 +33,6 @@ VIDEO_TYPES: tuple[str, ...] = (
 # Pillow only tries these decoders, whatever the declared type says (less attack surface,
 # faster refusal of garbage); a phone's JPEG opens as MPO through the JPEG plugin.
 _PILLOW_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
-# part type -> attachment kind; the URL sits under the key named like the type
-_MEDIA_PARTS: dict[str, Kind] = {"image_url": "image", "image": "image", "video_url": "video", "video": "video"}
-_PART_TYPES = "text, image_url, video_url, image or video"
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}:")
 _MAX_DATA_HEADER = 256  # "data:<mime>;<params>;base64," is short; don't scan a 200 MB URL for its comma
 
@@ -70,67 +63,38 @@ class ParsedMessages:
     text: str  # all user and system text, joined
     last_user: str | None = None  # text of the last user message (routing); None: use `text`
     system: str = ""  # system prompts (the GUI-agent routing rule looks here too)
-
-
-@dataclass
-class _Media:
-    """A media part found by the structural pass, decoded once the whole request is known to be sane."""
-
-    where: str
-    kind: Kind
-    url: str
-    field: str  # the part's key holding the URL: image_url, image, video_url or video
-    part: dict
-    msg: int
-    idx: int
+    turns: list[Turn] = field(default_factory=list)  # the walk, for whoever needs the turns again (backends)
 
 
 def parse_messages(messages: object, limits: MediaLimits) -> ParsedMessages:
     """Check `messages` and fingerprint its media; raise BadRequest (or 413/415) naming the culprit.
 
-    Two passes: the structure and the attachment count are checked first, so a malformed or
-    overfull request is refused before any base64 is decoded.
+    Two passes: the structure and the attachment count are checked first (`messages.walk`),
+    so a malformed or overfull request is refused before any base64 is decoded.
     """
-    if not isinstance(messages, list):
-        raise BadRequest("`messages` must be a non-empty list of chat messages", param="messages", code="invalid_messages")
-    if not messages:
-        raise BadRequest("`messages` is empty: send at least one message", param="messages", code="invalid_messages")
+    turns = walk(messages)
+    assert isinstance(messages, list)  # walk() refused anything else
     canonical: list[dict] = []
-    media: list[_Media] = []
     texts: list[str] = []
     system: list[str] = []
     last_user = ""
-    for i, msg in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(msg, dict):
-            raise BadRequest(f"{where} must be an object with `role` and `content`, got {_json_type(msg)}", param=where)
-        role = msg.get("role")
-        if role not in ROLES:
-            raise BadRequest(f"{where}.role {role!r} is not one of {', '.join(ROLES)}", param=f"{where}.role")
-        content = msg.get("content")
-        if content is None and role == "assistant":  # a tool-call turn
-            canonical.append(dict(msg))
-            continue
-        if isinstance(content, str):
-            text, found = content, 0
-            canonical.append(dict(msg))
-        elif isinstance(content, list):
-            text, found = _parts(content, where, i, media)
-            canonical.append({**msg, "content": list(content)})  # media parts are swapped for hashes below
-        else:
-            raise BadRequest(
-                f"{where}.content must be a string or a list of parts, got {_json_type(content)}", param=f"{where}.content"
-            )
-        if role == "user":
-            if not found and not text.strip():
+    for turn in turns:
+        msg = messages[turn.index]
+        # media parts are swapped for their hashes below, in a copy of the content list
+        canonical.append({**msg, "content": list(msg["content"])} if turn.parts else dict(msg))
+        text = turn.text
+        if turn.role == "user":
+            if not turn.media and not text.strip():
                 raise BadRequest(
-                    f"{where}.content is empty: a user message needs text or an attachment", param=f"{where}.content"
+                    f"{turn.where}.content is empty: a user message needs text or an attachment",
+                    param=f"{turn.where}.content",
                 )
             last_user = text
             texts.append(text)
-        elif role in SYSTEM_ROLES:
+        elif turn.role in SYSTEM_ROLES:
             system.append(text)
             texts.append(text)
+    media = [m for turn in turns for m in turn.media]
     if len(media) > limits.max_attachments:
         first_extra = media[limits.max_attachments]
         raise BadRequest(
@@ -138,41 +102,14 @@ def parse_messages(messages: object, limits: MediaLimits) -> ParsedMessages:
             f"at most {limits.max_attachments} are allowed",
             param=first_extra.where, code="too_many_attachments",
         )
-    attachments = [_attach(m, canonical, limits) for m in media]
-    return ParsedMessages(canonical, attachments, "\n".join(texts), last_user, "\n".join(system))
+    attachments = [_attach(m, messages[m.msg]["content"][m.idx], canonical, limits) for m in media]
+    return ParsedMessages(canonical, attachments, "\n".join(texts), last_user, "\n".join(system), turns)
 
 
-def _parts(content: list, where: str, msg: int, media: list[_Media]) -> tuple[str, int]:
-    """Check one message's parts; return its text and how many media parts it has (queued on `media`)."""
-    texts: list[str] = []
-    found = 0
-    for j, part in enumerate(content):
-        pw = f"{where}.content[{j}]"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if not isinstance(kind, str):
-            raise BadRequest(f"{pw} must be an object with a string `type` ({_PART_TYPES})", param=pw)
-        if kind == "text":
-            if not isinstance(part.get("text"), str):
-                raise BadRequest(f"{pw}.text must be a string", param=f"{pw}.text")
-            texts.append(part["text"])
-            continue
-        media_kind = _MEDIA_PARTS.get(kind)
-        if media_kind is None:
-            raise BadRequest(f"{pw}: unsupported part type {kind!r} (use {_PART_TYPES})", param=pw)
-        fw = f"{pw}.{kind}"
-        value = part.get(kind)
-        url = value.get("url") if isinstance(value, dict) else value
-        if not isinstance(url, str) or not url:
-            raise BadRequest(f"{fw}: needs a URL (a data: URL or an http(s) URL)", param=fw)
-        media.append(_Media(fw, media_kind, url, kind, part, msg, j))
-        found += 1
-    return "\n".join(texts), found
-
-
-def _attach(m: _Media, canonical: list[dict], limits: MediaLimits) -> Attachment:
+def _attach(m: Media, part: dict, canonical: list[dict], limits: MediaLimits) -> Attachment:
     """Validate one media part and put its fingerprint in place of its URL in `canonical`."""
     att = _attachment(m.kind, m.url, m.where, limits)
-    value = m.part[m.field]
+    value = part[m.field]
     if att.url is not None:
         ref: Any = value  # an http(s) URL is its own fingerprint
     elif isinstance(value, dict):
@@ -181,7 +118,7 @@ def _attach(m: _Media, canonical: list[dict], limits: MediaLimits) -> Attachment
         ref = {"sha256": att.sha256}
     if m.field in ("image_url", "video_url") and isinstance(ref, str):
         ref = {"url": ref}  # the string shorthand means the same as the object form
-    canonical[m.msg]["content"][m.idx] = {**m.part, m.field: ref}
+    canonical[m.msg]["content"][m.idx] = {**part, m.field: ref}
     return att
 
 
@@ -264,11 +201,3 @@ def _size(n: int) -> str:
             return f"{n / scale:.1f}".removesuffix(".0") + f" {unit}"
     return f"{n} bytes"
 
-
-def _json_type(value: object) -> str:
-    """Name a JSON value's type the way a client thinks of it."""
-    if value is None:
-        return "null"
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}.get(
-        type(value), type(value).__name__
-    )

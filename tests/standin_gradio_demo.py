@@ -1,13 +1,28 @@
 """A stand-in for the upstream Qwen3-VL web demo (`web_demo_mm.py`), without a model.
 
-It exposes the demo's API as the Gradio client sees it: `/add_file (history, file)`,
-`/add_text (history, text)`, `/predict (chatbot)` streamed, `/regenerate (chatbot)`,
-`/reset_state (chatbot)` and `/reset_user_input ()`, with the conversation the model reads
-kept in a per-session `gr.State` exactly as upstream. Upstream's history is a Gradio 5
-`Chatbot` in the "tuples" format, which Gradio 6 no longer has, so here it is a `gr.JSON`
-carrying the same wire value: a list of `[user, bot]` pairs whose entries are strings,
-`null` or `{"file": FileData, "alt_text": null}`. The answer is deterministic, streamed word
-by word and HTML-ified like upstream's `_parse_text` (lines joined by `<br>`).
+It behaves like the real demo as a Gradio client sees it, quirks included, so the Gradio
+backend's tests meet what production meets:
+
+* the API: `/add_file (history, file)`, `/add_text (history, text)`, `/predict (chatbot)`
+  streamed, `/regenerate (chatbot)`, `/reset_state (chatbot)`, `/reset_user_input ()`, with
+  the conversation the model reads kept in a per-session `gr.State` (`task_history`);
+* how the model's messages are built from `task_history` (files first, each text closing
+  a user turn), so an image-only turn fails the way upstream's does (an IndexError the
+  client only sees as "has not enabled verbose error reporting": upstream launches without
+  `show_error`);
+* answers in upstream's HTML (`_parse_text`: `<br>` line joins with empty lines dropped,
+  fences as `<pre><code class="language-X">`, entities inside code, text outside code
+  unescaped; then `<box>`/`<ref>` removed), re-rendered whole at every streamed word;
+* the upload button's file check on a host without /etc/mime.types: only names whose
+  type Python's built-in mimetypes table knows are images or videos (.webp and .mkv are
+  refused with Gradio 5's "Invalid file type" error).
+
+Upstream's history is a Gradio 5 `Chatbot` in the "tuples" format, which Gradio 6 no longer
+has, so here it is a `gr.JSON` carrying the same wire value: a list of `[user, bot]` pairs
+whose entries are strings, `null` or `{"file": FileData, "alt_text": null}`.
+
+The fake model describes the media it was given (image sizes, how many videos) and then
+repeats the last text verbatim, so whatever a test writes comes back through the HTML.
 
     python -m tests.standin_gradio_demo --port 7861
 """
@@ -15,16 +30,51 @@ by word and HTML-ified like upstream's `_parse_text` (lines joined by `<br>`).
 from __future__ import annotations
 
 import argparse
+import copy
+import mimetypes
 import os
+import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import gradio as gr
 from gradio.utils import NamedString
 from PIL import Image
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".wmv", ".flv", ".webm", ".mpeg")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".wmv", ".flv", ".webm", ".mpeg")  # upstream's _is_video_file
+FILE_TYPES = ["image", "video"]  # upstream's UploadButton(file_types=...)
+BUILTIN_TYPES = mimetypes.MimeTypes(filenames=())  # what a host without /etc/mime.types knows
 Pair = list  # [user, bot]: str | tuple[str] (a file) | None each, as upstream's handlers see them
+
+_IN_CODE = (  # upstream's escapes inside code, in its order (the backtick first)
+    ("`", "\\`"), ("<", "&lt;"), (">", "&gt;"), (" ", "&nbsp;"), ("*", "&ast;"), ("_", "&lowbar;"), ("-", "&#45;"),
+    (".", "&#46;"), ("!", "&#33;"), ("(", "&#40;"), (")", "&#41;"), ("$", "&#36;"),
+)
+
+
+def parse_text(text: str) -> str:
+    """Upstream's `_parse_text`, rule for rule (see the module docstring)."""
+    lines = [line for line in str(text).split("\n") if line != ""]
+    fences = 0
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        if "```" in line:
+            fences += 1
+            out.append(f'<pre><code class="language-{line.split("`")[-1]}">' if fences % 2 else "<br></code></pre>")
+            continue
+        if i > 0:
+            if fences % 2:
+                for char, entity in _IN_CODE:
+                    line = line.replace(char, entity)
+            line = "<br>" + line
+        out.append(line)
+    return "".join(out)
+
+
+def remove_image_special(text: str) -> str:
+    """Upstream's `_remove_image_special`: grounding tags out of the shown answer."""
+    return re.sub(r"<box>.*?(</box>|$)", "", text.replace("<ref>", "").replace("</ref>", ""))
 
 
 def _from_wire(history: list | None) -> list[Pair]:
@@ -35,7 +85,7 @@ def _from_wire(history: list | None) -> list[Pair]:
 def _to_wire(history: list[Pair]) -> list[list]:
     """What Gradio 5's tuples Chatbot sends back: `(path,)` becomes a FileMessage dict."""
     def entry(m: object) -> object:
-        if isinstance(m, (tuple, list)):
+        if isinstance(m, tuple | list):
             path = str(m[0])
             file = {"path": path, "orig_name": os.path.basename(path), "meta": {"_type": "gradio.FileData"}}
             return {"file": file, "alt_text": None}
@@ -43,23 +93,37 @@ def _to_wire(history: list[Pair]) -> list[list]:
     return [[entry(m) for m in pair] for pair in history]
 
 
-def _html(text: str) -> str:
-    """Upstream shows answers as HTML: empty lines dropped, the rest joined by `<br>`."""
-    return "<br>".join(line for line in text.split("\n") if line)
+def _messages(task_history: list[Pair]) -> list[dict]:
+    """Upstream's conversion: files join the next text's user turn; the last (unanswered) answer is dropped."""
+    messages: list[dict] = []
+    content: list[dict] = []
+    for query, answer in copy.deepcopy(task_history):
+        if isinstance(query, tuple | list):
+            is_video = str(query[0]).lower().endswith(VIDEO_SUFFIXES)
+            content.append({"video": os.path.abspath(query[0])} if is_video else {"image": os.path.abspath(query[0])})
+        else:
+            content.append({"text": query})
+            messages.append({"role": "user", "content": content})
+            messages.append({"role": "assistant", "content": [{"text": answer}]})
+            content = []
+    messages.pop()  # IndexError for a conversation with no text, exactly as upstream
+    return messages
 
 
-def _answer(task_history: list[Pair]) -> str:
-    """The fake model: describes the media it was given and echoes the last text."""
+def _model(messages: list[dict]) -> str:
+    """The fake model: what it was shown, then the last text, verbatim."""
     sizes, videos, texts = [], 0, []
-    for query, _ in task_history:
-        if isinstance(query, (tuple, list)):
-            if query[0].lower().endswith(VIDEO_SUFFIXES):
+    for message in messages:
+        if message["role"] != "user":
+            continue
+        for item in message["content"]:
+            if "image" in item:
+                with Image.open(item["image"]) as im:  # by content, as the real model's loader does
+                    sizes.append(f"{im.width}x{im.height}")
+            elif "video" in item:
                 videos += 1
             else:
-                with Image.open(query[0]) as im:
-                    sizes.append(f"{im.width}x{im.height}")
-        else:
-            texts.append(query)
+                texts.append(item["text"])
     seen = f"I see {len(sizes)} image(s) {' '.join(sizes)}".rstrip()
     if videos:
         seen += f" and {videos} video(s)"
@@ -67,23 +131,34 @@ def _answer(task_history: list[Pair]) -> str:
 
 
 def add_text(history: list | None, task_history: list[Pair], text: str) -> tuple[list, list[Pair]]:
-    return _to_wire(_from_wire(history) + [[_html(text), None]]), task_history + [[text, None]]
+    return _to_wire(_from_wire(history) + [[parse_text(text), None]]), task_history + [[text, None]]
 
 
 def add_file(history: list | None, task_history: list[Pair], file: NamedString) -> tuple[list, list[Pair]]:
+    kind = BUILTIN_TYPES.guess_type(Path(file.name).name)[0] or ""
+    if kind.split("/")[0] not in FILE_TYPES:  # Gradio 5's UploadButton check, with only the built-in table
+        raise gr.Error(f"Invalid file type. Please upload a file that is one of these formats: {FILE_TYPES}")
     return _to_wire(_from_wire(history) + [[(file.name,), None]]), task_history + [[(file.name,), None]]
 
 
 def predict(chatbot: list | None, task_history: list[Pair]) -> Iterator[list]:
     pairs = _from_wire(chatbot)
-    if not pairs or not pairs[-1][0]:
-        raise gr.Error("nothing to answer: call /add_text first")
-    words = _answer(task_history).split(" ")
+    chat_query = pairs[-1][0]
+    query = task_history[-1][0]
+    if len(chat_query) == 0:
+        pairs.pop()
+        task_history.pop()
+        return
+    words = _model(_messages(task_history)).split(" ")
+    full = ""
     for n in range(1, len(words) + 1):
         time.sleep(0.005)
-        pairs[-1] = [pairs[-1][0], _html(" ".join(words[:n]))]
+        response = " ".join(words[:n])
+        pairs[-1] = [parse_text(chat_query), remove_image_special(parse_text(response))]
         yield _to_wire(pairs)
-    task_history[-1] = [task_history[-1][0], " ".join(words)]  # in place, as upstream does
+        full = parse_text(response)
+    task_history[-1] = [query, full]  # in place, as upstream does (its State is not an output)
+    yield _to_wire(pairs)
 
 
 def regenerate(chatbot: list | None, task_history: list[Pair]) -> Iterator[list]:
@@ -108,7 +183,7 @@ def build() -> gr.Blocks:
         chatbot = gr.JSON(value=[], label="Qwen3-VL")
         query = gr.Textbox(lines=2, label="Input")
         task_history = gr.State([])
-        addfile_btn = gr.UploadButton("Upload", file_types=["image", "video"])
+        addfile_btn = gr.UploadButton("Upload", file_types=FILE_TYPES)
         submit_btn = gr.Button("Submit")
         regen_btn = gr.Button("Regenerate")
         empty_bin = gr.Button("Clear History")
@@ -128,7 +203,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()
-    build().queue().launch(server_name=args.host, server_port=args.port, show_error=True, quiet=True)
+    # Upstream launches without show_error: errors other than gr.Error reach clients as a generic message.
+    build().queue().launch(server_name=args.host, server_port=args.port, quiet=True)
 
 
 if __name__ == "__main__":

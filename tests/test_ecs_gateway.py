@@ -32,7 +32,7 @@ class Workers:
     def running(self, instance_id: str, *_: object) -> None:
         if instance_id in self.ports and instance_id not in self.procs:
             self.procs[instance_id] = subprocess.Popen(
-                [sys.executable, "-m", "router.worker", "--port", str(self.ports[instance_id]), "--boot-seconds", "0.3",
+                [sys.executable, "-m", "worker", "--port", str(self.ports[instance_id]), "--boot-seconds", "0.3",
                  "--tokens-per-second", "0"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 env={**os.environ, "TIERGATE_INSTANCE_ID": instance_id},  # the GPU image reads it from metadata

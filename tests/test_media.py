@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import struct
-import time
 import zlib
 from fractions import Fraction
 
@@ -367,11 +366,9 @@ def test_size_limit_is_exact_at_the_boundary() -> None:
 
 def test_huge_payload_is_refused_before_decoding() -> None:
     # 40 MB of characters that are not base64 at all: refusing it as too large (not as bad
-    # base64) shows the size was judged from the length alone, and it must be quick.
+    # base64) shows the size was judged from the length alone, before any decoding.
     huge = "data:image/png;base64," + "!" * 40_000_000
-    start = time.perf_counter()
     rejects(user(image_part(huge)), PayloadTooLarge, 413, "payload_too_large", "image is 28.6 MiB, over the 20 MiB limit")
-    assert time.perf_counter() - start < 0.5
 
 
 def test_too_many_attachments_is_refused_before_any_decoding() -> None:
@@ -398,16 +395,6 @@ def test_errors_carry_the_param_for_the_openai_error_body() -> None:
 # --- cost -------------------------------------------------------------------------
 
 
-def test_text_only_parse_costs_microseconds() -> None:
-    messages = [{"role": "system", "content": "Be brief."}, *user("Describe the weather in Paris today, please.")]
-    n = 2000
-    start = time.perf_counter()
-    for _ in range(n):
-        parse_messages(messages, LIMITS)
-    per_call = (time.perf_counter() - start) / n
-    assert per_call < 200e-6, f"{per_call * 1e6:.0f} µs per text-only request"
-
-
 def test_image_pixels_are_not_decoded() -> None:
     # Intact PNG structure (valid chunk CRCs) around pixel data that cannot be inflated:
     # accepted with its size, which shows only the header and chunk structure were read.
@@ -416,6 +403,29 @@ def test_image_pixels_are_not_decoded() -> None:
         Image.open(io.BytesIO(png)).load()
     (att,) = parse_messages(user(image_part(data_url("image/png", png))), LIMITS).attachments
     assert (att.width, att.height) == (640, 480)
+
+
+def test_a_huge_wrong_value_is_not_echoed_back() -> None:
+    with pytest.raises(BadRequest) as exc:
+        parse_messages([{"role": "x" * 1_000_000, "content": "hi"}], LIMITS)
+    assert exc.value.param == "messages[0].role" and len(exc.value.message) < 200
+
+
+def test_one_walk_serves_every_reader() -> None:
+    """The worker and the Gradio backend read the turns media validation checked, in the same order."""
+    from router.backends.gradio import flatten
+
+    png = data_url("image/png", image_bytes())
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [
+                    {"type": "image", "image": png},
+                    {"type": "video_url", "video_url": {"url": data_url("video/mp4", mp4_bytes(1))}},
+                    {"type": "text", "text": "what happens?"}]}]
+    parsed = parse_messages(messages, LIMITS)
+    prompt, media = flatten(parsed.turns)
+    assert [m.kind for m in media] == [a.kind for a in parsed.attachments] == ["image", "video"]
+    assert [m.where for m in media] == ["messages[1].content[0].image", "messages[1].content[1].video_url"]
+    assert prompt == "System: Be brief.\n\nUser: what happens?"
 
 
 def test_parsed_messages_is_a_plain_value() -> None:

@@ -3,6 +3,10 @@
 A backend knows how to talk to one kind of worker (an OpenAI-compatible server, the
 upstream Gradio web demo, ...). The gateway only ever speaks OpenAI to its clients, so
 every backend takes an OpenAI chat body and gives back OpenAI JSON or OpenAI SSE bytes.
+
+Errors a backend raises reach clients, so they never contain the worker's address (a
+private IP is nobody's business outside); they name the tier (`tier`, when the caller
+passes it) and say what a person can do about the failure.
 """
 
 from __future__ import annotations
@@ -34,11 +38,11 @@ class Backend(Protocol):
         """True once the worker can answer a request and shows the expected identity (`ready`)."""
         ...
 
-    async def complete(self, base_url: str, body: dict) -> dict:
+    async def complete(self, base_url: str, body: dict, *, tier: str = "") -> dict:
         """A non-streamed `chat.completion` object; raises `UpstreamError` on failure."""
         ...
 
-    def stream(self, base_url: str, body: dict) -> AsyncIterator[bytes]:
+    def stream(self, base_url: str, body: dict, *, tier: str = "") -> AsyncIterator[bytes]:
         """OpenAI SSE bytes (`data: {chunk}\\n\\n` ... `data: [DONE]\\n\\n`).
 
         The first `__anext__` raises `UpstreamError` when the worker refuses the

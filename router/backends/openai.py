@@ -57,7 +57,7 @@ class OpenAIBackend:
             return False
         return expect.model in served
 
-    async def complete(self, base_url: str, body: dict) -> dict:
+    async def complete(self, base_url: str, body: dict, *, tier: str = "") -> dict:
         try:
             r = await self.client.post(base_url + "/v1/chat/completions", json={**body, "stream": False})
         except httpx.HTTPError as exc:
@@ -70,7 +70,7 @@ class OpenAIBackend:
             raise UpstreamError("the GPU worker answered with invalid JSON",
                                 detail=f"worker {base_url} answered with invalid JSON") from exc
 
-    async def stream(self, base_url: str, body: dict) -> AsyncIterator[bytes]:
+    async def stream(self, base_url: str, body: dict, *, tier: str = "") -> AsyncIterator[bytes]:
         req = self.client.build_request("POST", base_url + "/v1/chat/completions", json={**body, "stream": True})
         try:
             resp = await self.client.send(req, stream=True)
