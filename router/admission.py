@@ -112,8 +112,9 @@ class Admission:
                 view = await self.lifecycle.view(tier)
                 st = view.state
                 failed = view.failed
-                if failed is not None and failed.changed_at >= arrived:
-                    # the start this request waited for failed: the fallback, or a clear error
+                if failed is not None and failed.changed_at >= arrived and not await self.state.lock_holder(tier_name):
+                    # the start this request waited for failed (and its owner tried every instance):
+                    # the fallback, or a clear error
                     return await self._fall_back(tier, failed.reason, on_progress, unfit or {}, (*_tried, tier_name))
                 if st in (S.STOPPED, S.FAILED):
                     # idempotent: one task per process, and the tier lock makes it one start overall

@@ -17,19 +17,21 @@ import httpx
 
 from router.api import create_app
 from router.config import load_config
+from router.gateway import Gateway
 
 T = TypeVar("T")
 
 
 class InProcessGateway:
-    """`create_app(cfg)` with its lifespan entered, on an event loop of its own thread."""
+    """`create_app(Gateway(cfg))` with its lifespan entered, on an event loop of its own thread."""
 
     def __init__(self, config: Path) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="asgi-gateway", daemon=True)
         self._thread.start()
         self.cfg = load_config(str(config))
-        self.app = create_app(self.cfg)
+        self.gateway = Gateway(self.cfg)
+        self.app = create_app(self.gateway)
         self._lifespan = self.app.router.lifespan_context(self.app)
         self.run(self._lifespan.__aenter__())
         self.client = httpx.AsyncClient(
