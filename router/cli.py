@@ -14,12 +14,12 @@ from .config import Config, ConfigError, load_config, resolve_path
 
 EPILOG = """\
 examples:
-  tiergate serve                      gateway + UI on http://127.0.0.1:7860 (default tiers.toml)
-  tiergate check --config tiers.toml  validate a config; exit 2 with FILE:LINE: message per problem
-  tiergate status                     what every tier is doing and what it cost
-  tiergate worker --port 18001        a stand-in GPU worker (no model) for demos and tests
-  tiergate simulate --synthetic office-hours   what a setting would cost, before deploying it
-  tiergate api-key --name ci          a key for scripts when require_login = true
+  tiergate serve                         gateway + UI on http://127.0.0.1:7860 (default tiers.toml)
+  tiergate check --config tiers.toml     validate a config; exit 2 with FILE:LINE: message per problem
+  tiergate status                        what every tier is doing and what it cost
+  tiergate worker --port 18001           a stand-in GPU worker (no model) for demos and tests
+  tiergate simulate --synthetic sparse   what a setting would cost on generated traffic, before deploying it
+  tiergate api-key --name ci             a key for scripts when require_login = true
 """
 
 

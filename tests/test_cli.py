@@ -274,3 +274,15 @@ def test_api_key_prints_a_key_and_a_hash_line_that_pastes_into_tiers_toml(tmp_pa
 
     other = tiergate("api-key", cwd=tmp_path).stdout.splitlines()[0]
     assert other != key and not verify_hash(other, stored)
+
+
+def test_check_notes_api_keys_that_nothing_asks_for(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from router.apikeys import hash_api_key, new_api_key
+    from router.cli import main
+
+    config = write_config(tmp_path, tmp_path / "state", extra=f'api_keys = ["{hash_api_key(new_api_key())}"]')
+    assert main(["check", "--config", str(config)]) == 0
+    assert "API keys are configured but [gateway] require_login is false" in capsys.readouterr().out
+    config.write_text(config.read_text().replace("api_keys = [", "require_login = true\napi_keys = ["))
+    assert main(["check", "--config", str(config)]) == 0
+    assert "require_login is false" not in capsys.readouterr().out
