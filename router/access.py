@@ -14,18 +14,16 @@ Public by design, private by default:
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import os
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from .auth import verify_password
+from .apikeys import verify_api_key
 from .errors import Unauthorized
 
 PUBLIC = re.compile(r"^/healthz/?$|^/api/instances/[^/]+/ready/?$")
@@ -53,52 +51,12 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
 SessionCheck = Callable[[dict[str, str]], str | None]
 
 
-class KeyRing:
-    """API key hashes from the config and the environment; a verified key is remembered briefly.
-
-    Keys are hashed like the admin passwords (PBKDF2), which is slow on purpose, so each
-    key is verified once and then recognised by its SHA-256 for `REMEMBER` seconds.
-    """
-
-    REMEMBER = 300.0
-
-    def __init__(self, hashes: list[str]) -> None:
-        self.hashes = [h for h in hashes if h]
-        self._known: dict[str, float] = {}
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> KeyRing:
-        env = [h.strip() for h in os.environ.get("TIERGATE_API_KEYS", "").split(",")]
-        return cls([*getattr(cfg.gateway, "api_keys", []), *env])
-
-    def remembered(self, key: str) -> str | None:
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        until = self._known.get(digest)
-        return f"key:{digest[:12]}" if until and until > time.monotonic() else None
-
-    def verify(self, key: str) -> str | None:
-        """The caller's id (`key:<hash prefix>`) for a valid key, else None. Slow: call off the event loop."""
-        if not key or len(key) > 512:
-            return None
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        for h in self.hashes:
-            if h.startswith("sha256$") and hmac.compare_digest(h.removeprefix("sha256$"), digest):
-                break
-            if h.startswith("pbkdf2_sha256$") and verify_password(key, h):
-                break
-        else:
-            return None
-        self._known[digest] = time.monotonic() + self.REMEMBER
-        return f"key:{digest[:12]}"
-
-
 class Guard:
     """ASGI middleware: refuse a guarded route without a credential, before it runs."""
 
     def __init__(self, app: Any, gateway: Any) -> None:
         self.app = app
         self.gw = gateway
-        self._keys: tuple[int, KeyRing] | None = None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or not self.gw.cfg.gateway.require_login:
@@ -119,12 +77,6 @@ class Guard:
         scope["tiergate.asker"] = who
         await self.app(scope, receive, send)
 
-    def keyring(self) -> KeyRing:
-        cfg = self.gw.cfg
-        if self._keys is None or self._keys[0] != id(cfg):  # rebuilt after a config reload
-            self._keys = (id(cfg), KeyRing.from_config(cfg))
-        return self._keys[1]
-
     async def identify(self, scope: dict) -> str | None:
         headers = dict(scope.get("headers") or [])
         auth = headers.get(b"authorization", b"").decode("latin-1")
@@ -133,8 +85,9 @@ class Guard:
             admin = os.environ.get("TIERGATE_ADMIN_TOKEN", "")
             if admin and hmac.compare_digest(token.encode(), admin.encode()):
                 return "admin"
-            ring = self.keyring()
-            return ring.remembered(token) or await asyncio.to_thread(ring.verify, token)
+            if verify_api_key(token, self.gw.cfg.api_key_hashes()):  # microseconds: keys are random, not stretched
+                return f"key:{hashlib.sha256(token.encode()).hexdigest()[:12]}"
+            return None
         app = scope.get("app")
         check: SessionCheck | None = getattr(getattr(app, "state", None), "session_check", None)
         if check is not None and (user := check(_cookies(headers.get(b"cookie", b"")))):

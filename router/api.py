@@ -66,6 +66,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def is_admin(request: Request) -> bool:
+    expected = os.environ.get("TIERGATE_ADMIN_TOKEN", "")
+    given = request.headers.get("authorization", "")
+    return bool(expected) and hmac.compare_digest(given.encode(), f"Bearer {expected}".encode())
+
+
 def bearer(request: Request, env: str, what: str) -> None:
     """Constant-time check of `Authorization: Bearer $ENV`; an unset token disables the route."""
     expected = os.environ.get(env, "")
@@ -128,8 +134,14 @@ def create_app(gw: Gateway) -> FastAPI:
         return {"object": "list", "data": data}
 
     @app.get("/api/tiers")
-    async def tiers() -> dict:
-        return {"tiers": await gw.status()}
+    async def tiers(request: Request) -> dict:
+        """Every tier; workers' addresses only for the admin token (they are internal)."""
+        rows = await gw.status()
+        if not is_admin(request):
+            for row in rows:
+                for inst in row["instances"]:
+                    inst["url"] = ""
+        return {"tiers": rows}
 
     @app.post("/api/tiers/{name}/{action}")
     async def tier_action(name: str, action: str, request: Request) -> dict:

@@ -1,4 +1,4 @@
-"""The `tiergate` command: serve, check, worker, status, doctor, simulate, hash-password."""
+"""The `tiergate` command: serve, check, worker, status, doctor, simulate, hash-password, api-key."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from .config import Config, ConfigError, load_config, resolve_path
 
 EPILOG = """\
 examples:
-  tiergate serve                      gateway + UI on http://127.0.0.1:7860 (default tiers.toml)
-  tiergate check --config tiers.toml  validate a config; exit 2 with FILE:LINE: message per problem
-  tiergate status                     what every tier is doing and what it cost
-  tiergate worker --port 18001        a stand-in GPU worker (no model) for demos and tests
+  tiergate serve                         gateway + UI on http://127.0.0.1:7860 (default tiers.toml)
+  tiergate check --config tiers.toml     validate a config; exit 2 with FILE:LINE: message per problem
+  tiergate status                        what every tier is doing and what it cost
+  tiergate worker --port 18001           a stand-in GPU worker (no model) for demos and tests
+  tiergate simulate --synthetic sparse   what a setting would cost on generated traffic, before deploying it
+  tiergate api-key --name ci             a key for scripts when require_login = true
 """
 
 
@@ -45,6 +47,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = _config(args.config)
     n = sum(len(t.instances) for t in cfg.tiers.values())
     print(f"{path}: ok ({len(cfg.tiers)} tiers, {n} instances, {len(cfg.routing.tasks)} routed tasks)")
+    if cfg.api_key_hashes() and not cfg.gateway.require_login:
+        print("note: API keys are configured but [gateway] require_login is false, so nothing asks for them")
     return 0
 
 
@@ -55,24 +59,38 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from .redis_server import NoState, StateUnreachable
+
     cfg = _config(args.config)
-    rows = asyncio.run(_status_rows(cfg))
+    try:
+        rows, where = asyncio.run(_status_rows(cfg))
+    except NoState as exc:
+        hint = "" if cfg.redis_url() else (
+            ", or run `status` in the gateway's folder (a relative data_dir is relative to it) or with its --config"
+        )
+        print(f"tiergate status: {exc}.\nNothing to show: start a gateway with `tiergate serve`{hint}.", file=sys.stderr)
+        return 1
+    except StateUnreachable as exc:
+        print(f"tiergate status: {exc}", file=sys.stderr)
+        return 1
     print(format_status(rows))
+    print(f"(from {where})", file=sys.stderr)
     return 0
 
 
-async def _status_rows(cfg: Config) -> list[dict]:
+async def _status_rows(cfg: Config) -> tuple[list[dict], str]:
+    """Read the state without being a gateway: no supervisor, no providers, nothing left running."""
     from .ledger import Ledger
     from .providers import billed
-    from .redis_server import open_redis
-    from .state import State
+    from .redis_server import NoState, open_for_reading
+    from .state import PREFIX, State
     from .status import tiers_status
 
-    handle = open_redis(cfg)  # the read side only: no supervisor, no providers
-    try:
-        return await tiers_status(cfg, State(handle.client), Ledger(handle.client), billed(cfg))
-    finally:
-        await handle.client.aclose()
+    async with open_for_reading(cfg) as state:
+        if not await state.client.exists(f"{PREFIX}epoch"):
+            raise NoState(f"no gateway has used {state.where} (it has no {PREFIX}epoch key)")
+        rows = await tiers_status(cfg, State(state.client), Ledger(state.client), billed(cfg))
+        return rows, state.where
 
 
 def _dur(seconds: float | None) -> str:
@@ -97,9 +115,11 @@ def format_status(rows: list[dict]) -> str:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import doctor
+    from .doctor import doctor, quiet_sdk_logging
 
-    report, code = asyncio.run(doctor(_config(args.config)))
+    cfg = _config(args.config)
+    quiet_sdk_logging()
+    report, code = asyncio.run(doctor(cfg))
     print(report)
     return code
 
@@ -110,13 +130,61 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return simulate.run(args, _config(args.config))
 
 
-def cmd_hash_password(args: argparse.Namespace) -> int:
+class _Refused(Exception):
+    """A secret that cannot be used; the message says why."""
+
+
+def _read_secret(what: str) -> str:
+    """A secret typed twice at a terminal, or the first line of stdin when it is not one (pipes, scripts)."""
     import getpass
 
+    if not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        if not line:
+            raise _Refused(f"no {what} on stdin (pipe it in, e.g. `printf '%s\\n' \"$PW\" | tiergate hash-password`)")
+        secret = line.removesuffix("\n").removesuffix("\r")
+    else:
+        try:
+            secret = getpass.getpass(f"{what}: ")
+            if secret and getpass.getpass(f"{what} again: ") != secret:
+                raise _Refused(f"the two {what}s differ; nothing was hashed")
+        except EOFError:
+            raise _Refused(f"no {what} was typed") from None
+    if not secret:
+        raise _Refused(f"an empty {what} cannot be used")
+    return secret
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
     from .auth import hash_password
 
-    pw = args.password or getpass.getpass("password: ")
+    try:
+        pw = args.password if args.password is not None else _read_secret("password")
+        if not pw:
+            raise _Refused("an empty password cannot be used")
+    except _Refused as exc:
+        print(f"tiergate hash-password: {exc}", file=sys.stderr)
+        return 2
     print(hash_password(pw))
+    return 0
+
+
+def cmd_api_key(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from .apikeys import hash_api_key, new_api_key
+
+    key = new_api_key()
+    label = f"{args.name}, " if args.name else ""
+    print(key)
+    print(f'"{hash_api_key(key)}",  # {label}made {datetime.now(UTC):%Y-%m-%d}')
+    print(
+        "\nThe first line is the key: it is shown only now; give it to the script (e.g. the openai client's api_key,\n"
+        "or `Authorization: Bearer <key>`). The second line is its hash: add it to `api_keys = [...]` under\n"
+        "[gateway] in tiers.toml (or, without the comment, to $TIERGATE_API_KEYS, comma-separated). Keys are\n"
+        "asked for only when [gateway] require_login = true. To revoke a key, delete its hash.",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -168,9 +236,21 @@ def build_parser() -> argparse.ArgumentParser:
         simulate.add_arguments(p)
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("hash-password", help="hash an admin password for [admin] users in tiers.toml")
-    p.add_argument("password", nargs="?", help="the password (asked for if omitted)")
+    p = sub.add_parser(
+        "hash-password",
+        help="hash a password for [admin] users in tiers.toml",
+        description="Print a password hash for [admin] users. At a terminal the password is asked for twice; "
+        "otherwise the first line of stdin is the password. An empty password is refused.",
+    )
+    p.add_argument("password", nargs="?", help="the password (visible to other users in `ps`: prefer the prompt or stdin)")
     p.set_defaults(func=cmd_hash_password)
+
+    p = sub.add_parser(
+        "api-key",
+        help="make an API key for scripts (require_login = true): prints the key once, and its hash for tiers.toml",
+    )
+    p.add_argument("--name", default="", help="who or what the key is for; written as a comment after the hash")
+    p.set_defaults(func=cmd_api_key)
     return parser
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass, field
 
 from .config import Config, InstanceConfig
@@ -18,6 +19,18 @@ from .providers.base import MachineState, ProviderError
 from .providers.ecs import EcsProvider
 
 OK, FAIL = "ok", "FAIL"
+
+# Loggers of the Alibaba SDK that narrate each step of the credential chain, with a traceback
+# for every provider that found nothing ("credentials" also installs its own stderr handler).
+_SDK_LOGGERS = ("credentials", "apscheduler", "alibabacloud_credentials", "alibabacloud_tea_openapi")
+
+
+def quiet_sdk_logging() -> None:
+    """Silence the SDK's chatter for the doctor's run: its report already has one line per problem."""
+    for name in _SDK_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.disabled = True  # the SDK resets the level of "credentials" when its modules load; not this
+        logger.setLevel(logging.CRITICAL + 1)  # and children (apscheduler.scheduler) inherit this
 
 
 @dataclass

@@ -16,10 +16,10 @@ import httpx
 import pytest
 import redis
 
-from router.auth import hash_password
+from router.apikeys import hash_api_key, new_api_key
 from tests.conftest import chat, free_port, start_gateway, tier_toml, wait_for, worker_command, write_config
 
-API_KEY = "tg-test-key-0123456789abcdef"
+API_KEY = new_api_key()
 ADMIN = "admin-token-for-security-tests"
 GUARDED = [("GET", "/v1/models"), ("GET", "/api/tiers"), ("GET", "/metrics"), ("GET", "/openapi.json"),
            ("GET", "/api/docs"), ("POST", "/v1/chat/completions")]
@@ -38,7 +38,7 @@ def locked(tmp_path_factory: pytest.TempPathFactory, redis_url: str):
     """A gateway with `require_login = true`, one API key (by hash, in the environment) and an admin token."""
     tmp = tmp_path_factory.mktemp("locked")
     cfg = write_config(tmp, tier_toml("locked", idle="1h"), gateway="require_login = true")
-    env = {"TIERGATE_API_KEYS": hash_password(API_KEY, iterations=1000), "TIERGATE_ADMIN_TOKEN": ADMIN,
+    env = {"TIERGATE_API_KEYS": hash_api_key(API_KEY), "TIERGATE_ADMIN_TOKEN": ADMIN,
            "TIERGATE_CALLBACK_TOKEN": "cb-token"}
     gw = start_gateway(cfg, redis_url=redis_url, env=env, name="locked")
     yield gw

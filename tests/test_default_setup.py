@@ -6,6 +6,7 @@ No config file, no Redis URL: the packaged tiers.toml and an embedded real Redis
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -57,9 +58,12 @@ def test_serve_on_the_embedded_default(tmp_path: Path) -> None:
         assert int(first.headers["x-tiergate-wait-ms"]) >= 2500  # the stand-in boots for 3 s
         assert second.headers["x-tiergate-cache"] == "hit"
         assert "simulated" in first.json()["choices"][0]["message"]["content"]
+        worker = json.loads((tmp_path / ".tiergate" / "pids" / "light-0.json").read_text())
+        assert worker["port"] not in (18001, 18002, 18003)  # no fixed port a stranger might hold: chosen at start
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         log.close()
     # the gateway stopped its worker on the way out
-    wait_for(lambda: _closed(18001), timeout=10, what="the light worker to stop with the gateway")
+    wait_for(lambda: _closed(worker["port"]), timeout=10, what="the light worker to stop with the gateway")
+    assert not Path(f"/proc/{worker['pid']}").exists()
