@@ -22,8 +22,8 @@ import pytest
 
 from router.apikeys import verify_hash
 from router.config import load_config
+from router.ledger import Ledger
 from router.redis_server import RedisHandle, open_redis
-from router.state import State
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,10 +80,10 @@ async def record_starts(config: Path, starts: int, *, keep_running: bool = False
     """What a gateway leaves in its embedded Redis after `starts` starts of `light`."""
     cfg = load_config(str(config))
     handle = open_redis(cfg)
-    state = State(handle.client, cfg)
-    await state.epoch()
+    ledger = Ledger(handle.client)
+    await ledger.epoch()
     for _ in range(starts):
-        await state.count_start("light")
+        await ledger.count_start("light")
     if keep_running:
         return handle
     await handle.aclose()  # a gateway stopping: the embedded server saves and exits
