@@ -23,7 +23,8 @@ from .leases import Leases
 from .ledger import Ledger
 from .lifecycle import Lifecycle
 from .machine import InstanceState as S
-from .state import Notifier, State, TierView, now_ms
+from .notifier import Notifier
+from .state import State, TierView, now_ms
 
 WAIT_TICK = 1.0  # how often a waiter whose user watches progress re-reads state
 WAIT_TICK_UNWATCHED = 5.0  # a safety re-read only: waiters wake on the tier's pub/sub channel

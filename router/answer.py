@@ -149,7 +149,7 @@ class Answers:
                 log.warning("tier %s, instance %s: %s", lease.tier, lease.instance, exc.detail)
                 found = self.cfg.instance(lease.instance)
                 if found:  # re-check the machine now, before the retry (it may have died)
-                    await self.lifecycle.check(*found, exc.detail)
+                    await self.lifecycle.reconciler.check(*found, exc.detail)
                 if attempt == 2:
                     raise
                 continue  # the instance vanished under us (crash, spot reclaim): once more, elsewhere

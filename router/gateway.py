@@ -29,10 +29,11 @@ from .ledger import Ledger
 from .lifecycle import Lifecycle
 from .machine import InstanceState
 from .metrics import Metrics
+from .notifier import Notifier
 from .providers import build_providers
 from .redis_server import RedisHandle, open_redis
 from .request import ChatRequest, parse_json
-from .state import Notifier, State
+from .state import State
 from .supervisor import Supervisor
 
 __all__ = ["Answer", "ChatRequest", "Entry", "Gateway", "Meta", "Progress", "ProgressFn", "parse_json"]
@@ -240,7 +241,7 @@ class Gateway:
         self.limits = request.limits_for(new_cfg)
         self.cfg = new_cfg
         self.cache.cfg = new_cfg.cache
-        for part in (self.lifecycle, self.admission, self.supervisor, self.answers):
+        for part in (self.lifecycle, self.lifecycle.budget, self.admission, self.supervisor, self.answers):
             part.cfg = new_cfg
         for tier in gone:
             self.lifecycle.background(self.lifecycle.retire(tier))

@@ -18,17 +18,19 @@ from collections.abc import Awaitable, Mapping
 
 from .backends.base import Backend, Identity
 from .background import Background
+from .budget import Budget
 from .config import Config, InstanceConfig, TierConfig
 from .decide import Action, History, InstanceFacts, TierFacts, decide
 from .errors import TierUnavailable
-from .ledger import Ledger, day_gpu_ms, day_of, day_start_ms
+from .ledger import Ledger
 from .machine import InstanceState as S
-from .providers.base import MachineState, MachineStatus, Misconfigured, NoCapacity, Provider
-from .state import LockLost, Notifier, State, TierView, now_ms
+from .notifier import Notifier
+from .providers.base import MachineState, Misconfigured, NoCapacity, Provider
+from .reconcile import Reconciler
+from .state import LockLost, State, TierView, now_ms
 
 log = logging.getLogger("tiergate.lifecycle")
 
-LOCK_WAIT_AT_START = 15.0  # how long start-up reconcile waits for another process's transition
 BOOT_TICK = 0.25  # a boot watch re-reads the instance at least this often (it also wakes on pub/sub)
 DEAD_AFTER = 10.0  # a machine reported stopped this long after its start (never seen up) did not start
 
@@ -49,6 +51,8 @@ class Lifecycle:
         self.notifier = notifier
         self.providers = providers
         self.backends = backends
+        self.budget = Budget(cfg, state, ledger)
+        self.reconciler = Reconciler(self)
         self._tasks: dict[str, asyncio.Task] = {}  # tier -> the transition this process runs for it
         self.tasks = Background()  # stops and checks nobody waits for
 
@@ -97,10 +101,10 @@ class Lifecycle:
                 view = await self.view(tier)  # the re-read under the lock
                 for inst, iv in zip(tier.instances, view.instances, strict=True):
                     if iv.state == S.STOPPING:
-                        await self._stop_machine(tier, inst, iv.reason or "finishing a stop whose owner is gone",
+                        await self.stop_machine(tier, inst, iv.reason or "finishing a stop whose owner is gone",
                                                  then=S(iv.then or S.STOPPED))
                     elif iv.state == S.STARTING:
-                        await self._watch(tier, inst, actor)
+                        await self.watch(tier, inst, actor)
                 view = await self.view(tier)
                 if not start or (view.state in (S.READY, S.STARTING) and not scale):
                     return
@@ -114,7 +118,7 @@ class Lifecycle:
     async def _start_one(self, tier: TierConfig, view: TierView, reason: str, started_by: str, actor: str) -> None:
         candidates = [(inst, iv) for inst, iv in zip(tier.instances, view.instances, strict=True)
                       if iv.state in (S.STOPPED, S.FAILED)]
-        refused = await self.over_budget(tier)
+        refused = await self.budget.refusal(tier)
         if refused:
             for inst, iv in candidates:
                 if iv.state == S.STOPPED:
@@ -157,9 +161,9 @@ class Lifecycle:
             return await self._give_up(tier, inst, f"start failed: {exc}")
         await self.state.set_fields(inst.id, handle=handle)
         await self.ledger.count_start(tier.name)
-        return await self._watch(tier, inst, actor)
+        return await self.watch(tier, inst, actor)
 
-    async def _watch(self, tier: TierConfig, inst: InstanceConfig, actor: str) -> str | None:
+    async def watch(self, tier: TierConfig, inst: InstanceConfig, actor: str) -> str | None:
         """Follow a boot until the worker shows its identity; give it up when `decide` says so."""
         provider = self.provider(inst)
         backend = self.backends[tier.backend]
@@ -214,12 +218,12 @@ class Lifecycle:
         """A start that did not lead to a ready worker: stop the machine; `failed` unless it was called off."""
         then = S.FAILED if failed else S.STOPPED
         if await self.state.transition(inst.id, tier.name, S.STARTING, S.STOPPING, stage="", reason=why, then=then):
-            await self._stop_machine(tier, inst, why, then=then)
+            await self.stop_machine(tier, inst, why, then=then)
         return why
 
     # --- stopping ------------------------------------------------------------------------
 
-    async def _stop_machine(
+    async def stop_machine(
         self, tier: TierConfig, inst: InstanceConfig, reason: str, *, then: S = S.STOPPED, standby: bool = False,
         actor: str = "",
     ) -> bool:
@@ -248,12 +252,12 @@ class Lifecycle:
         async with self.state.lock(tier.name) as owned:
             if owned and await self.state.transition(inst.id, tier.name, S.READY, S.STOPPING,
                                                      idle_ms=int(action.keep_alive * 1000), stage="", reason=action.reason):
-                await self._stop_machine(tier, inst, action.reason, standby=action.standby)
+                await self.stop_machine(tier, inst, action.reason, standby=action.standby)
 
     async def force_stop(self, tier: TierConfig, inst: InstanceConfig, why: str, actor: str = "") -> None:
         async with self.state.lock(tier.name) as owned:
             if owned and await self.state.transition(inst.id, tier.name, S.READY, S.STOPPING, stage=""):
-                await self._stop_machine(tier, inst, why, actor=actor)
+                await self.stop_machine(tier, inst, why, actor=actor)
 
     async def give_up_boot(self, tier: TierConfig, inst: InstanceConfig, why: str) -> None:
         """Ask whoever watches the boot to give it up (or, if nobody does, take the watch over)."""
@@ -278,9 +282,9 @@ class Lifecycle:
             for inst, iv in zip(tier.instances, view.instances, strict=True):
                 if iv.state == S.READY and self.provider(inst).billed:
                     if await self.state.transition(inst.id, tier_name, S.READY, S.STOPPING, stage=""):
-                        await self._stop_machine(tier, inst, "stopped by an admin", actor=actor)
+                        await self.stop_machine(tier, inst, "stopped by an admin", actor=actor)
                 elif iv.state == S.STOPPING:
-                    await self._stop_machine(tier, inst, "stopped by an admin", actor=actor)
+                    await self.stop_machine(tier, inst, "stopped by an admin", actor=actor)
                 elif iv.state == S.FAILED:
                     await self.state.transition(inst.id, tier_name, S.FAILED, S.STOPPED, reason="")
 
@@ -296,13 +300,13 @@ class Lifecycle:
                     if owned and iv.state in (S.STOPPED, S.FAILED):
                         break
                     if owned and iv.state == S.STOPPING:
-                        await self._stop_machine(tier, inst, "tier removed from the config")
+                        await self.stop_machine(tier, inst, "tier removed from the config")
                     elif owned and iv.state == S.READY and await self.state.transition(
                             inst.id, tier.name, S.READY, S.STOPPING, idle_ms=0, stage=""):
-                        await self._stop_machine(tier, inst, "tier removed from the config")
+                        await self.stop_machine(tier, inst, "tier removed from the config")
                         break
                     elif owned and iv.state == S.STARTING:
-                        await self._watch(tier, inst, "config reload")
+                        await self.watch(tier, inst, "config reload")
                 await asyncio.sleep(1)
 
     async def instance_ready(self, inst_id: str) -> bool:
@@ -315,98 +319,6 @@ class Lifecycle:
         await self.state.publish(tier.name, "ready_callback")
         return True
 
-    # --- money ---------------------------------------------------------------------------
-
-    async def over_budget(self, tier: TierConfig) -> str:
-        """Refuse a start once today's spend (closed plus still billing) reached a daily budget."""
-        overall = self.cfg.gateway.daily_budget
-        if not tier.daily_budget and not overall:
-            return ""
-        spent = await self.spend_today([tier] if not overall else list(self.cfg.tiers.values()))
-        if tier.daily_budget and spent.get(tier.name, 0.0) >= tier.daily_budget:
-            return f"daily budget of tier {tier.name!r} reached ({spent[tier.name]:.2f} of {tier.daily_budget:.2f})"
-        if overall and sum(spent.values()) >= overall:
-            return f"overall daily budget reached ({sum(spent.values()):.2f} of {overall:.2f})"
-        return ""
-
-    async def spend_today(self, tiers: list[TierConfig]) -> dict[str, float]:
-        """Today's cost per tier (UTC day): the one spend calculation, see `ledger.day_gpu_ms`."""
-        now = now_ms()
-        today = day_of(now)
-        out: dict[str, float] = {}
-        for t in tiers:
-            day = (await self.ledger.days(t.name, [today]))[today]
-            view = await self.view(t)
-            ms = day_gpu_ms(day.get("gpu_ms", 0), (i.billing_since for i in view.instances), day_start_ms(now), now)
-            out[t.name] = ms / 3_600_000 * t.price_per_hour
-        return out
-
-    # --- comparing machines with the shared state ----------------------------------------
-
-    async def check(self, tier: TierConfig, inst: InstanceConfig, why: str) -> None:
-        """Compare one instance with its machine; cheap when they agree (no lock taken)."""
-        provider = self.provider(inst)
-        iv = await self.state.instance(inst.id, tier.name)
-        if not provider.reachable(iv.handle):
-            return  # a machine of another host: a gateway there judges it
-        st = await provider.status(inst, iv.handle)
-        if _agrees(iv.state, st, adopt=self._adopts(inst)):
-            return
-        async with self.state.lock(tier.name, wait=2) as owned:
-            if owned:
-                await self._reconcile(tier, inst, st, why)
-
-    async def reconcile(self) -> None:
-        """At start: make shared state agree with what the providers say is running."""
-        for tier in self.cfg.tiers.values():
-            async with self.state.lock(tier.name, wait=LOCK_WAIT_AT_START) as owned:
-                if not owned:
-                    continue
-                for inst in tier.instances:
-                    iv = await self.state.instance(inst.id, tier.name)
-                    if not self.provider(inst).reachable(iv.handle):
-                        continue
-                    try:
-                        st = await self.provider(inst).status(inst, iv.handle)
-                    except Exception as exc:  # noqa: BLE001 - a cloud API down must not keep the gateway down
-                        log.warning("cannot check %s at start-up (the supervisor retries): %s", inst.id, exc)
-                        continue
-                    await self._reconcile(tier, inst, st, "gateway start-up")
-
-    def _adopts(self, inst: InstanceConfig) -> bool:
-        return not self.provider(inst).billed or inst.adopt_running
-
-    async def _reconcile(self, tier: TierConfig, inst: InstanceConfig, st: MachineStatus, why: str) -> None:
-        """Under the tier lock: re-read, then fix a disagreement between state and machine.
-
-        A machine that is gone (crash, spot reclaim, a stop done by hand) is marked stopped and
-        billed until now; a machine running that the state does not know (a gateway crashed
-        after starting it, someone started it by hand) is adopted, so it idles out like any other.
-        """
-        iv = await self.state.instance(inst.id, tier.name)  # the re-check under the lock
-        if _agrees(iv.state, st, adopt=self._adopts(inst)):
-            return
-        if iv.state == S.READY:
-            detail = "reclaimed by the cloud" if st.reclaimed else (st.detail or "the machine is not running")
-            if st.state in (MachineState.RUNNING, MachineState.STARTING):  # running but reclaimed: stop it properly
-                if await self.state.transition(inst.id, tier.name, S.READY, S.STOPPING, stage=""):
-                    await self._stop_machine(tier, inst, f"{detail} ({why})")
-                return
-            await self.ledger.close_billing(tier.name, inst.id)
-            if await self.state.transition(inst.id, tier.name, S.READY, S.STOPPED, stage="", url="", handle={}):
-                await self.state.event(tier.name, "stopped", instance=inst.id, reason=f"{detail} ({why})")
-            return
-        if iv.state in (S.STOPPED, S.FAILED):
-            provider = self.provider(inst)
-            reason = "always-on URL" if not provider.billed else f"adopted a running machine ({why})"
-            now = now_ms()
-            if await self.state.transition(
-                inst.id, tier.name, iv.state, S.STARTING, stage="loading model", boot_started=now, started_by="adopted",
-                billing_since=now if provider.billed else "", reason="", url="", cancel="", ready_cb=0,
-            ):
-                await self.state.event(tier.name, "adopted", instance=inst.id, reason=reason)
-                await self._watch(tier, inst, "")
-
     # --- gateway start and stop ----------------------------------------------------------
 
     async def start(self) -> None:
@@ -414,7 +326,7 @@ class Lifecycle:
             for inst_id in await provider.on_gateway_start():
                 log.warning("killed leftover worker %s of a gateway that died", inst_id)
         await self.ledger.epoch()
-        await self.reconcile()
+        await self.reconciler.at_start()
 
     async def shutdown(self) -> None:
         """Stop what dies with this process (its local workers) through the state machine, then the rest."""
@@ -437,7 +349,7 @@ class Lifecycle:
                                                               self.state.transition(inst.id, tier.name, iv.state,
                                                                                     S.STOPPING, stage=""))
                         if stopping:
-                            await self._stop_machine(tier, inst, "the gateway is shutting down")
+                            await self.stop_machine(tier, inst, "the gateway is shutting down")
         for provider in self.providers.values():
             provider.on_gateway_stop()
 
@@ -455,14 +367,3 @@ def facts_of(tier: TierConfig, view: TierView, billed: Mapping[str, bool]) -> Ti
         ),
         queued=view.queued,
     )
-
-
-def _agrees(state: S, st: MachineStatus, *, adopt: bool) -> bool:
-    """Does the shared state match what the provider says? Transitions in progress always do."""
-    if state in (S.STARTING, S.STOPPING):
-        return True
-    running = st.state in (MachineState.RUNNING, MachineState.STARTING)
-    if state == S.READY:
-        return running and not st.reclaimed
-    return not running or not adopt
-

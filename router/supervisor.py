@@ -89,7 +89,7 @@ class Supervisor:
             if iv.state in (S.STARTING, S.STOPPING) or not self._due(inst.id, self.lifecycle.provider(inst).check_every):
                 continue
             why = "reconcile" if iv.state in (S.STOPPED, S.FAILED) else "periodic health check"
-            self.lifecycle.background(self.lifecycle.check(tier, inst, why))
+            self.lifecycle.background(self.lifecycle.reconciler.check(tier, inst, why))
 
     async def history(self, tier: TierConfig) -> History:
         gaps, boots, arrivals = await self.ledger.history(tier.name)

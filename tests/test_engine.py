@@ -147,12 +147,12 @@ async def test_the_daily_budget_counts_today_only(tmp_path: Path, fresh_redis: s
     tiers = tier_toml("budget", price=1.0, extra=f"daily_budget = {today_hours + 0.5:.4f}")
     async with gateway(tmp_path, fresh_redis, tiers) as gw:
         await gw.state.redis.hset(inst_key("budget-0"), mapping={"billing_since": str(since)})
-        assert await gw.lifecycle.over_budget(gw.cfg.tiers["budget"]) == ""
-        spent = (await gw.lifecycle.spend_today([gw.cfg.tiers["budget"]]))["budget"]
+        assert await gw.lifecycle.budget.refusal(gw.cfg.tiers["budget"]) == ""
+        spent = (await gw.lifecycle.budget.spend_today([gw.cfg.tiers["budget"]]))["budget"]
         assert spent == pytest.approx(today_hours, abs=0.01)
         assert (await gw.status())[0]["today"]["cost"] == pytest.approx(spent, abs=0.01)  # one spend, everywhere
         await gw.state.redis.hset("tg:day:budget:" + time.strftime("%Y-%m-%d", time.gmtime()), "gpu_ms", 3_600_000)
-        assert "daily budget" in await gw.lifecycle.over_budget(gw.cfg.tiers["budget"])  # one more closed hour: spent
+        assert "daily budget" in await gw.lifecycle.budget.refusal(gw.cfg.tiers["budget"])  # one more closed hour: spent
 
 
 @pytest.mark.anyio
