@@ -8,12 +8,15 @@ virtual clock: what is simulated is what runs.
 
 The idle rule of `policy = "adaptive"` (issue #12) uses what only a gateway knows:
 
-* **Time of week.** The keep-alive is the ski-rental argmin (`policy.best_keep_alive`) over
-  the idle gaps that began in the same hour of the week, falling back to the same hour of
-  any day, then to every gap, while the data is thin.
-* **Open pages.** When every recent asker of the tier has closed their page (the UI knows),
-  the next request needs a new visit: the tier stops at once, unless the visit rate
-  forecast for this hour of the week makes staying up cheaper than a restart.
+* **The gaps it has seen.** While anyone may still come back, the keep-alive is the
+  ski-rental argmin (`policy.best_keep_alive`) over the last 500 idle gaps.
+* **Open pages and the time of week.** When every recent asker of the tier has closed their
+  page (the UI knows), the next request needs a new visit: the tier stops at once, unless
+  the visit rate forecast for this hour of the week (the same hour of the last four weeks)
+  makes staying up cheaper than a restart.
+* **What a restart really costs.** A restart is priced by the wait it causes, measured: the
+  first waits after recent cold starts, shorter than the boot when warm-on-intent starts it
+  while the user types.
 * **A cheaper stop state.** Where the provider has a standby (`standby_price_per_hour`,
   `standby_boot_seconds`), a stop goes to standby when the gaps that outlast the keep-alive
   make that cheaper in expectation, and a standby instance is fully stopped at its own
@@ -27,6 +30,7 @@ from __future__ import annotations
 import bisect
 import math
 import statistics
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,7 +43,6 @@ from .machine import InstanceState
 HOUR = 3600.0
 DAY = 24 * HOUR
 WEEK = 7 * DAY
-BUCKET_MIN_GAPS = 20  # an hour-of-week (or hour-of-day) bucket needs this many gaps to speak for itself
 ASKER_WINDOW = HOUR  # an asker whose last answer ended longer ago than this is not "around"
 FORECAST_WEEKS = 4  # the visit-rate forecast averages this many past weeks
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -78,6 +81,7 @@ class History:
     arrivals: Sequence[float] = ()  # epoch s of arrivals at an idle tier, ascending (for forecasts)
     askers: Sequence[Asker] = ()
     visits: Sequence[float] = ()  # epoch s of first requests of new askers, ascending (visit-rate forecast)
+    cold_waits: Sequence[float] = ()  # s the first request after each cold start waited, newest first
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,7 @@ def decide(tier: TierConfig, facts: TierFacts, now: float, history: History) -> 
     if _has_standby(tier, boot):
         limit = standby_break_even(tier, boot)
         for inst in facts.instances:
-            if inst.state == InstanceState.STOPPED and inst.standby_since and now - inst.standby_since >= limit:
+            if inst.state == InstanceState.STOPPED and inst.standby_since and now - inst.standby_since >= limit - 1e-6:
                 actions.append(Action("stop", inst.id, f"in standby {_fmt(now - inst.standby_since)}: a full stop is cheaper now"))
     return actions
 
@@ -163,9 +167,9 @@ def keep_alive(tier: TierConfig, now: float, history: History, boot: float | Non
         boot = boot_eta(tier, history.boots)
     if tier.policy == "fixed":
         return KeepAlive(tier.idle_timeout, f"fixed idle_timeout: keep {_fmt(tier.idle_timeout)}")
-    wait_cost = policy.effective_wait_cost(tier, boot)
+    wait_cost = policy.effective_wait_cost(tier, boot) * restart_wait(history, boot) / boot if boot > 0 else 0.0
     price = tier.price_per_hour
-    hist = _histogram_keep(tier, now, history, boot, wait_cost)
+    hist = _histogram_keep(tier, history, boot, wait_cost)
     around, unknown, closed = _askers(history.askers, now)
     if not around and not unknown and closed:
         rate = visit_rate(history.visits or history.arrivals, now)
@@ -181,25 +185,41 @@ def keep_alive(tier: TierConfig, now: float, history: History, boot: float | Non
     return _with_standby(tier, boot, wait_cost, hist)
 
 
-def _histogram_keep(tier: TierConfig, now: float, history: History, boot: float, wait_cost: float) -> KeepAlive:
-    """The ski-rental keep-alive over the gaps of this hour of the week (or of the day, or all)."""
-    gaps = list(history.gaps)
+def restart_wait(history: History, boot: float) -> float:
+    """How long a restart makes its first user wait: the boot, less the warning intents give.
+
+    The restart cost prices the wait a stop causes; with warm-on-intent the UI starts the
+    boot while the user types, so the measured first waits after cold starts are the truth.
+    """
+    recent = list(history.cold_waits[:20])
+    return min(boot, statistics.median(recent)) if recent else boot
+
+
+_CACHE: OrderedDict[tuple, KeepAlive] = OrderedDict()
+_CACHE_SIZE = 64
+
+
+def _histogram_keep(tier: TierConfig, history: History, boot: float, wait_cost: float) -> KeepAlive:
+    """The ski-rental keep-alive over the recent idle gaps (`policy.best_keep_alive`, with its margin).
+
+    Cached on the gap history's length and ends (new gaps only ever join at the head), so the
+    supervisor's once-a-second call costs a lookup until a gap arrives.
+    """
+    gaps = history.gaps
     if len(gaps) < policy.MIN_GAPS:
         return KeepAlive(tier.idle_timeout, f"{len(gaps)} gaps seen, too few to learn from: keep idle_timeout {_fmt(tier.idle_timeout)}")
-    hour_of_week = int((now % WEEK) // HOUR)
-    same_week_hour = [g for end, g in gaps if int(((end - g) % WEEK) // HOUR) == hour_of_week]
-    if len(same_week_hour) >= BUCKET_MIN_GAPS:
-        chosen, label = same_week_hour, f"hour-of-week {_slot_name(now)}"
-    else:
-        same_hour = [g for end, g in gaps if int(((end - g) % DAY) // HOUR) == hour_of_week % 24]
-        if len(same_hour) >= BUCKET_MIN_GAPS:
-            chosen, label = same_hour, f"hour {hour_of_week % 24:02d} of any day"
-        else:
-            chosen, label = [g for _end, g in gaps], "all hours"
-    k = policy._adaptive(tier.price_per_hour, boot, wait_cost, tuple(chosen))
-    share = sum(1 for g in chosen if g <= k) / len(chosen)
-    remaining = tuple(sorted(g - k for g in chosen if g > k))
-    return KeepAlive(k, f"{label}: {share:.0%} of {len(chosen)} gaps < {_fmt(k)}: keep {_fmt(k)}", remaining=remaining)
+    key = (tier.price_per_hour, boot, wait_cost, len(gaps), tuple(gaps[0]), tuple(gaps[-1]))
+    found = _CACHE.get(key)
+    if found is None:
+        lengths = [g for _end, g in gaps]
+        k = policy._adaptive(tier.price_per_hour, boot, wait_cost, tuple(lengths))
+        share = sum(1 for g in lengths if g <= k) / len(lengths)
+        remaining = tuple(sorted(g - k for g in lengths if g > k))
+        found = _CACHE[key] = KeepAlive(k, f"{share:.0%} of the last {len(lengths)} gaps < {_fmt(k)}: keep {_fmt(k)}",
+                                        remaining=remaining)
+        if len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return found
 
 
 def _askers(askers: Sequence[Asker], now: float) -> tuple[list[Asker], list[Asker], list[Asker]]:
@@ -273,18 +293,42 @@ def _with_standby(tier: TierConfig, boot: float, wait_cost: float, keep: KeepAli
     return keep
 
 
+_WINDOWS: OrderedDict[tuple, tuple[float, float, float, str]] = OrderedDict()
+
+
 def _window(tier: TierConfig, now: float, history: History) -> tuple[str, float]:
-    """(why the tier is held up, when the hold ends) inside a pre-warm window; ("", 0) outside."""
+    """(why the tier is held up, when the hold ends) inside a pre-warm window; ("", 0) outside.
+
+    The current or next window is cached until it starts or ends (cron arithmetic is slow
+    next to a once-a-second call), keyed on the settings and the arrival history's end.
+    """
     if not tier.prewarm and not tier.prewarm_predict:
         return "", 0.0
-    when = datetime.fromtimestamp(now, UTC)
     arrivals = history.arrivals if tier.prewarm_predict else ()
-    if not prewarm.in_window(tier, when, arrivals):
+    key = (tuple((w.cron, w.for_) for w in tier.prewarm), tier.prewarm_predict, tier.boot_seconds,
+           len(arrivals), arrivals[-1] if arrivals else 0.0)
+    entry = _WINDOWS.get(key)
+    if entry is None or not entry[0] <= now < _valid_until(entry):
+        when = datetime.fromtimestamp(now, UTC)
+        nxt = prewarm.next_window(tier, when, arrivals)
+        start, end = (nxt[0].timestamp(), nxt[1].timestamp()) if nxt else (math.inf, math.inf)
+        kind = ""
+        if start <= now < end:
+            scheduled = tier.prewarm and (not tier.prewarm_predict or _in_cron(tier, when))
+            kind = "scheduled pre-warm window" if scheduled else "predicted busy hour"
+        entry = _WINDOWS[key] = (now, start, end, kind)
+        if len(_WINDOWS) > _CACHE_SIZE:
+            _WINDOWS.popitem(last=False)
+    _since, start, end, kind = entry
+    if not start <= now < end:
         return "", 0.0
-    nxt = prewarm.next_window(tier, when, arrivals)
-    end = nxt[1].timestamp() if nxt else now
-    kind = "scheduled pre-warm window" if tier.prewarm and _in_cron(tier, when) else "predicted busy hour"
     return f"{kind} until {datetime.fromtimestamp(end, UTC):%a %H:%M} UTC", end
+
+
+def _valid_until(entry: tuple[float, float, float, str]) -> float:
+    """A cached window answers until its window starts (if it had not) or ends (if it had)."""
+    since, start, end, _kind = entry
+    return end if start <= since else start
 
 
 def _in_cron(tier: TierConfig, when: datetime) -> bool:

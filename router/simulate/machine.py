@@ -62,6 +62,8 @@ class TierSim:
         self.standby_since = 0.0
         self.gaps: deque[tuple[float, float]] = deque(maxlen=GAP_HISTORY)  # (ended, length), newest first
         self.boots: deque[float] = deque(maxlen=10)
+        self.cold_waits: deque[float] = deque(maxlen=20)
+        self._cold = False
         self.arrivals: list[float] = []  # arrivals at an idle tier, ascending
         self.visits: list[float] = []
         self.askers: dict[str, list[float]] = {}  # session -> [last_seen, closed (inf while open, nan unknown)]
@@ -110,6 +112,9 @@ class TierSim:
             self._start(t)
         begin = max(t, self.ready_at)
         self.run.waits.append(begin - t)
+        if self._cold:  # the first request since a cold start: how long a restart made someone wait
+            self.cold_waits.appendleft(begin - t)
+            self._cold = False
         self.busy_until = max(self.busy_until, begin + r.service)
         if r.session:
             closed = math.nan if r.closed is None else (r.closed if r.closed <= t else math.inf)
@@ -125,6 +130,9 @@ class TierSim:
         for _ in range(10_000):
             if self.state == InstanceState.STOPPED:
                 break
+            if self.state == InstanceState.STARTING:
+                self.advance(self.ready_at + 1e-9)
+                continue
             if not math.isfinite(self._check):  # held with no end in sight (a window past the trace): stop at the end
                 self._stop(max(end, self.now, self.busy_until, self.ready_at), False)
                 break
@@ -218,7 +226,8 @@ class TierSim:
                 askers.append(Asker(min(last_seen, now), True))
             else:
                 askers.append(Asker(min(last_seen, now), False, closed))
-        return History(gaps=self.gaps, boots=tuple(self.boots), arrivals=self.arrivals, askers=askers, visits=self.visits)
+        return History(gaps=self.gaps, boots=tuple(self.boots), arrivals=self.arrivals, askers=askers, visits=self.visits,
+                       cold_waits=tuple(self.cold_waits))
 
     # --- transitions --------------------------------------------------------------------------
 
@@ -231,6 +240,7 @@ class TierSim:
         self.up_since, self.boot_started, self.ready_at = at, at, at + boot
         if not quick:
             self.boots.appendleft(boot)
+        self._cold = True
         self.run.starts += 1
         self.now = max(self.now, at)
 
