@@ -202,13 +202,16 @@ _CACHE_SIZE = 64
 def _histogram_keep(tier: TierConfig, history: History, boot: float, wait_cost: float) -> KeepAlive:
     """The ski-rental keep-alive over the recent idle gaps (`policy.best_keep_alive`, with its margin).
 
-    Cached on the gap history's length and ends (new gaps only ever join at the head), so the
-    supervisor's once-a-second call costs a lookup until a gap arrives.
+    Cached on the gap history's length and its three newest and oldest entries (new gaps only
+    ever join at the head), so the supervisor's once-a-second call costs a lookup until a gap
+    arrives.
     """
     gaps = history.gaps
     if len(gaps) < policy.MIN_GAPS:
         return KeepAlive(tier.idle_timeout, f"{len(gaps)} gaps seen, too few to learn from: keep idle_timeout {_fmt(tier.idle_timeout)}")
-    key = (tier.price_per_hour, boot, wait_cost, len(gaps), tuple(gaps[0]), tuple(gaps[-1]))
+    n = len(gaps)
+    ends = tuple(tuple(gaps[i]) for i in (0, 1, 2, n - 3, n - 2, n - 1))  # deques index but do not slice
+    key = (tier.price_per_hour, boot, wait_cost, tier.idle_timeout, n, ends)
     found = _CACHE.get(key)
     if found is None:
         lengths = [g for _end, g in gaps]

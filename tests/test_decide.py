@@ -181,3 +181,15 @@ def test_decide_is_pure_same_inputs_same_actions() -> None:
     assert first == decide(t, one(last_active=T - 30), T, history)
     later = decide(t, one(last_active=T - 30 + 86400 * 365), T + 86400 * 365, history)  # no wall clock inside
     assert [a.kind for a in later] == ["keep"]
+
+
+def test_the_same_tier_asked_every_moment_across_a_window_edge() -> None:
+    """The supervisor's once-a-second calls: nothing before the boot lead, a start at it, a stop after the window."""
+    t = tier(prewarm='[{cron = "0 9 * * 1-5", for = "9h"}]', boot_seconds=90)
+    nine = datetime(2025, 1, 6, 9, tzinfo=UTC).timestamp()
+    assert decide(t, one(S.STOPPED), nine - 120, History()) == []
+    assert decide(t, one(S.STOPPED), nine - 91, History()) == []
+    assert kinds(decide(t, one(S.STOPPED), nine - 90, History())) == [("start", "")]
+    six = nine + 9 * 3600
+    assert kinds(decide(t, one(last_active=nine), six - 1, History())) == [("keep", "i-1")]
+    assert kinds(decide(t, one(last_active=nine), six, History())) == [("stop", "i-1")]

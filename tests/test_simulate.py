@@ -471,3 +471,28 @@ def test_weekly_saving_replays_the_last_seven_days() -> None:
     assert week.starts == 7
     empty = weekly_saving([], tier, end)
     assert empty.policy_cost == 0 and empty.saving_pct == 100.0
+
+
+def test_standby_is_billed_at_its_price_and_restarts_quickly() -> None:
+    """Stop to standby after each answer: a quick restart while in standby, a full boot after its break-even."""
+    from router import decide
+    from router.decide import Action
+    from router.machine import InstanceState
+
+    tier = config("standby_price_per_hour = 0.36\nstandby_boot_seconds = 10").tiers["t"]
+    limit = decide.standby_break_even(tier, 60)  # 0.36/h standby vs a 60 s boot: about 40 min
+    assert 1800 < limit < 3600
+
+    def to_standby(t, facts, now, history):
+        inst = facts.instances[0]
+        if inst.state == InstanceState.READY and not inst.inflight:
+            return [Action("stop", inst.id, "test", standby=True)]
+        return decide.decide(t, facts, now, history)
+
+    later = 1020 + limit + 500
+    reqs = [sim.Request(0, "t", 10), sim.Request(1000, "t", 10), sim.Request(later, "t", 10)]
+    run = sim.play_tier(tier, reqs, sim.make_replay(reqs), to_standby)
+    assert run.waits == [60, 10, 60]  # the boot, the standby restart, the boot again (standby ended at its break-even)
+    assert run.gpu_seconds == pytest.approx(70 + 20 + 70)
+    assert run.standby_seconds == pytest.approx((1000 - 70) + limit)
+    assert run.cost(tier) == pytest.approx((160 * 3.6 + run.standby_seconds * 0.36) / 3600)
