@@ -54,8 +54,12 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=28)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--movielens", type=Path, help="also the MovieLens trace built by bench/traces/build_real_trace.py")
+    parser.add_argument("--seeds", type=int, metavar="N", help="only the target check of the synthetic traces for seeds 1..N")
     args = parser.parse_args()
     cfg = load_config(str(CONFIG))
+    if args.seeds:
+        robustness(cfg, args.days, args.seeds)
+        return
     traces = [*sim.SYNTHETIC, str(REAL)] + ([str(args.movielens)] if args.movielens else [])
     t0 = time.perf_counter()
 
@@ -143,6 +147,19 @@ def main() -> None:
         opt = b["offline_optimum"]["cost"]
         print(f"| {Path(name).name} | {one / opt:.2f}x | {week / opt:.2f}x |")
     print(f"\n(all of the above in {time.perf_counter() - t0:.0f} s)")
+
+
+def robustness(cfg: Config, days: int, seeds: int) -> None:
+    """The target check on every synthetic model for several seeds: is seed 1 representative?"""
+    print("| seed | " + " | ".join(sim.SYNTHETIC) + " |")
+    print("|---|" + "---|" * len(sim.SYNTHETIC))
+    for seed in range(1, seeds + 1):
+        cells = []
+        for name in sim.SYNTHETIC:
+            b = sim.simulate(load(cfg, name, days, seed), cfg).report["baselines"]
+            text, ok = verdict(b["adaptive"], b["fixed_5m"], b["offline_optimum"])
+            cells.append(f"{text}{'' if ok else ' (missed)'}")
+        print(f"| {seed} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

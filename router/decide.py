@@ -28,6 +28,7 @@ Pre-warm windows (cron and `prewarm_predict`) come from `router/prewarm.py` unch
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import statistics
 from collections import OrderedDict
@@ -157,7 +158,7 @@ def decide(tier: TierConfig, facts: TierFacts, now: float, history: History) -> 
 
 def boot_eta(tier: TierConfig, boots: Sequence[float]) -> float:
     """Median of the last ten cold starts, or the configured estimate before there is any history."""
-    recent = list(boots[:10])
+    recent = list(itertools.islice(boots, 10))  # a list, a tuple or a deque
     return statistics.median(recent) if recent else tier.boot_seconds
 
 
@@ -191,7 +192,7 @@ def restart_wait(history: History, boot: float) -> float:
     The restart cost prices the wait a stop causes; with warm-on-intent the UI starts the
     boot while the user types, so the measured first waits after cold starts are the truth.
     """
-    recent = list(history.cold_waits[:20])
+    recent = list(itertools.islice(history.cold_waits, 20))
     return min(boot, statistics.median(recent)) if recent else boot
 
 

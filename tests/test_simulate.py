@@ -496,3 +496,26 @@ def test_standby_is_billed_at_its_price_and_restarts_quickly() -> None:
     assert run.gpu_seconds == pytest.approx(70 + 20 + 70)
     assert run.standby_seconds == pytest.approx((1000 - 70) + limit)
     assert run.cost(tier) == pytest.approx((160 * 3.6 + run.standby_seconds * 0.36) / 3600)
+
+
+def test_export_command_reads_the_configured_redis(redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """What `tiergate export-trace --out F --since 7d` runs, once the lead wires the subcommand."""
+    import time
+
+    import redis
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r.delete("tg:trace")
+    now = time.time()
+    r.xadd("tg:trace", {"t": f"{now - 9 * 86400:.3f}", "tier": "t", "cache": "miss"}, id=f"{int((now - 9 * 86400) * 1000)}-0")
+    r.xadd("tg:trace", {"t": f"{now - 3600:.3f}", "tier": "t", "task": "ocr", "cache": "miss"}, id=f"{int((now - 3600) * 1000)}-0")
+    r.close()
+    parser = argparse.ArgumentParser()
+    sim.add_export_arguments(parser)
+    cfg = parse_config(f'[gateway]\nredis_url = "{redis_url}"\n' + ONE_TIER.format(extra=""))
+    out = tmp_path / "week.csv"
+    assert sim.run_export(parser.parse_args(["--out", str(out), "--since", "7d"]), cfg) == 0
+    assert "wrote 1 requests" in capsys.readouterr().err
+    assert [r.task for r in sim.read_trace(out)] == ["ocr"]
+    assert sim.run_export(parser.parse_args(["--out", str(out), "--since", "last week"]), cfg) == 2
+    assert "--since: 'last week' is neither a time" in capsys.readouterr().err

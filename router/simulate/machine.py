@@ -19,7 +19,18 @@ from dataclasses import dataclass, field
 
 from .. import prewarm
 from ..config import TierConfig
-from ..decide import ASKER_WINDOW, HOUR, Action, Asker, History, InstanceFacts, TierFacts, decide
+from ..decide import (
+    ASKER_WINDOW,
+    HOUR,
+    Action,
+    Asker,
+    History,
+    InstanceFacts,
+    TierFacts,
+    boot_eta,
+    decide,
+    standby_break_even,
+)
 from ..machine import InstanceState
 from .trace import Request
 
@@ -189,9 +200,7 @@ class TierSim:
             due = min(due, now - now % HOUR + HOUR)  # the hour of the week changes the histogram
             due = min(due, self._asker_expiry(now))
         if self.state == InstanceState.STOPPED and self.standby_since:
-            from ..decide import boot_eta, standby_break_even
-
-            due = min(due, self.standby_since + standby_break_even(self.tier, boot_eta(self.tier, tuple(self.boots))))
+            due = min(due, self.standby_since + standby_break_even(self.tier, boot_eta(self.tier, self.boots)))
         if self.state == InstanceState.STOPPED and self.tier.prewarm_predict:
             lead = self.tier.boot_seconds
             slot = now - now % HOUR + HOUR
@@ -217,8 +226,10 @@ class TierSim:
 
     def _history(self, now: float) -> History:
         askers = []
-        for last_seen, closed in self.askers.values():
+        for session, (last_seen, closed) in list(self.askers.items()):
             if now - last_seen > ASKER_WINDOW and not (math.isfinite(closed) and now - closed <= ASKER_WINDOW):
+                if last_seen < now and not closed > now + ASKER_WINDOW:  # gone for good unless they ask again
+                    del self.askers[session]
                 continue
             if math.isnan(closed):
                 askers.append(Asker(min(last_seen, now), False))
