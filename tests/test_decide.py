@@ -193,3 +193,12 @@ def test_the_same_tier_asked_every_moment_across_a_window_edge() -> None:
     six = nine + 9 * 3600
     assert kinds(decide(t, one(last_active=nine), six - 1, History())) == [("keep", "i-1")]
     assert kinds(decide(t, one(last_active=nine), six, History())) == [("stop", "i-1")]
+
+
+def test_visit_rate_is_the_same_hour_of_past_weeks_and_a_young_history_is_not_silence() -> None:
+    week = 7 * 86400
+    three_a_week_ago = [T - week - 1000, T - week - 900, T - week - 800]  # three visits in last week's Mon 14h
+    assert d.visit_rate(three_a_week_ago, T) * 3600 == pytest.approx(3.0)  # one week of history: 3/h, not 3/4 per h
+    older = [T - 4 * week - 1000, *three_a_week_ago]  # history reaches back four weeks: the mean of four
+    assert d.visit_rate(older, T) * 3600 == pytest.approx(4 / 4)
+    assert d.visit_rate([], T) == 0.0
