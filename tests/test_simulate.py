@@ -519,3 +519,10 @@ def test_export_command_reads_the_configured_redis(redis_url: str, tmp_path: Pat
     assert [r.task for r in sim.read_trace(out)] == ["ocr"]
     assert sim.run_export(parser.parse_args(["--out", str(out), "--since", "last week"]), cfg) == 2
     assert "--since: 'last week' is neither a time" in capsys.readouterr().err
+
+
+def test_close_share_outside_zero_to_one_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    sim.add_arguments(parser)
+    assert sim.run(parser.parse_args(["--synthetic", "webui", "--close-share", "50"]), config()) == 2
+    assert "--close-share must be between 0 and 1 (a share of visitors), not 50" in capsys.readouterr().err

@@ -122,7 +122,10 @@ def _load(args: argparse.Namespace, cfg: Config) -> tuple[Replay, str]:
         return make_replay(route(rows, cfg, trace)), f"trace {trace}"
     if args.days < 1:
         raise TraceError(["--days must be at least 1"])
-    rows = synthetic(kind, args.days, args.seed, getattr(args, "close_share", CLOSE_SHARE))
+    close_share = getattr(args, "close_share", CLOSE_SHARE)
+    if not 0 <= close_share <= 1:
+        raise TraceError([f"--close-share must be between 0 and 1 (a share of visitors), not {close_share:g}"])
+    rows = synthetic(kind, args.days, args.seed, close_share)
     if not rows:
         raise TraceError([f"--synthetic {kind} --days {args.days} --seed {args.seed} generated no requests; try more days"])
     if save:
