@@ -303,6 +303,10 @@ class TierConfig(_Strict):
     prewarm_predict: bool = False
     warm_on_intent: bool = False
     tokens_per_second: float = Field(30.0, gt=0)  # for the simulator's service-time estimate
+    # A cheaper stop state (issue #12): stopped but quicker to restart, billed while stopped
+    # (ECS KeepCharging, a smaller standby machine). Both 0: the provider has none.
+    standby_price_per_hour: float = Field(0.0, ge=0)
+    standby_boot_seconds: float = Field(0.0, ge=0)
     instances: list[InstanceConfig] = Field(min_length=1)
 
     @property

@@ -11,8 +11,13 @@ that minimises the expected cost over the empirical gap distribution:
     cost(K) = E[price * min(g, K)] + P(g > K) * (price * boot + wait_cost_per_minute * boot / 60)
 
 It is the ski-rental break-even generalised to a learnt distribution, in the spirit of the
-hybrid histogram policy of "Serverless in the Wild" (Shahrad et al., USENIX ATC 2020). The
-gateway and the simulator both call `keep_alive`, so what is simulated is what runs.
+hybrid histogram policy of "Serverless in the Wild" (Shahrad et al., USENIX ATC 2020).
+
+This module holds the arithmetic. The whole adaptive rule (open pages, the visit forecast,
+restarts priced by their measured wait, standby) is `router.decide.decide`, which the
+simulator replays; `keep_alive` is the gap-histogram part alone, what the gateway ran before
+issue #12, kept for the supervisor until it calls `decide` and as the simulator's
+`previous_adaptive` baseline.
 
 `wait_cost_per_minute = 0` (the default) does not mean "waiting is free" (that would stop the
 machine after nearly every request, since a gap only has to outlast the boot to make a restart

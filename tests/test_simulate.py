@@ -326,3 +326,203 @@ def test_bundled_sample_traces_replay(trace: Path) -> None:
     report = sim.simulate(sim.make_replay(sim.route(sim.read_trace(trace), cfg)), cfg).report
     assert report["total"]["requests"] > 0
     assert report["total"]["cost"] < report["baselines"]["always_on_single"]["cost"]
+
+
+# --- sessions, open pages and intents (issue #12) -----------------------------------------
+
+ADAPTIVE = 'policy = "adaptive"'
+
+
+def test_session_columns_round_trip_and_the_latest_close_holds_for_the_session(tmp_path: Path) -> None:
+    rows = sim.parse_trace("timestamp,session,closed,intent_s\n0,a,,\n50,a,1970-01-01T00:01:30Z,12.5\n60,a,100,\n70,b,,\n")
+    assert [r.closed for r in rows] == [100.0, 100.0, 100.0, None]  # given at 90 and at 100: the later holds
+    assert rows[1].intent_s == 12.5 and rows[3].session == "b"
+    path = tmp_path / "t.csv"
+    assert sim.write_trace(rows, path) == 4
+    assert sim.read_trace(path) == [dataclasses.replace(r, line=i + 2) for i, r in enumerate(rows)]
+
+
+def test_a_bad_close_time_names_the_line() -> None:
+    with pytest.raises(sim.TraceError) as err:
+        sim.parse_trace("timestamp,session,closed\n0,a,soon\n", "trace.csv")
+    assert err.value.problems == ["trace.csv:2: closed: timestamp 'soon' is neither epoch seconds nor ISO 8601 (e.g. 2025-01-06T09:30:00Z)"]
+
+
+def test_a_closed_page_stops_the_adaptive_tier_at_once() -> None:
+    # boot 0-60, serve 60-70; the only asker closes the page at 100: nobody can ask any more, stop at 100
+    trace = "timestamp,duration_s,session,closed\n0,10,a,100\n"
+    adaptive = replay(trace, config(ADAPTIVE))["tiers"]["t"]
+    assert adaptive["gpu_seconds"] == pytest.approx(100)
+    fixed = replay(trace, config())["tiers"]["t"]
+    assert fixed["gpu_seconds"] == pytest.approx(370)  # a timeout ignores the page: 70 + 300
+
+
+def test_an_open_page_keeps_the_tier_through_the_keep_alive() -> None:
+    trace = "timestamp,duration_s,session\n0,10,a\n"  # page state unknown: the 5 min fallback
+    assert replay(trace, config(ADAPTIVE))["tiers"]["t"]["gpu_seconds"] == pytest.approx(370)
+
+
+def test_warm_on_intent_boots_while_the_user_types() -> None:
+    # a file attached 30 s before the question: boot 70-130 instead of 100-160, the user waits 30 s, not 60
+    trace = "timestamp,duration_s,session,intent_s\n100,10,a,30\n"
+    warm = replay(trace, config("warm_on_intent = true"))["tiers"]["t"]
+    assert (warm["wait_max_s"], warm["starts"]) == (30, 1)
+    assert warm["gpu_seconds"] == pytest.approx(60 + 10 + 300)  # billed from the intent at 70 to 140 + 300
+    cold = replay(trace, config())["tiers"]["t"]
+    assert cold["wait_max_s"] == 60
+
+
+def test_the_simulator_decides_with_the_gateways_decide() -> None:
+    import inspect
+
+    from router import decide
+    from router.simulate import machine
+
+    assert inspect.signature(machine.play).parameters["decider"].default is decide.decide
+    assert inspect.signature(machine.TierSim).parameters["decider"].default is decide.decide
+    seen: list[float] = []
+
+    def spy(tier, facts, now, history):
+        seen.append(now)
+        return decide.decide(tier, facts, now, history)
+
+    reqs = [sim.Request(0, "t", 10), sim.Request(670, "t", 10)]
+    rep = sim.make_replay(reqs)
+    tier = config().tiers["t"]
+    assert sim.play_tier(tier, reqs, rep, spy).gpu_seconds == sim.play_tier(tier, reqs, rep).gpu_seconds == pytest.approx(740)
+    assert 370 in [round(t) for t in seen]  # the idle stop was decide's call at 70 + 300
+
+
+def test_synthetic_sessions_have_ids_closes_and_intents() -> None:
+    rows = sim.synthetic("office-hours", 5, seed=2)
+    sessions: dict[str, list] = {}
+    for r in rows:
+        sessions.setdefault(r.session, []).append(r)
+    assert all(r.session for r in rows) and len(sessions) > 20
+    for reqs in sessions.values():
+        assert len({r.closed for r in reqs}) == 1 and reqs[0].closed > reqs[-1].t  # closes once, after its last request
+    with_files = [r for r in rows if r.task != "html"]
+    assert all(r.intent_s is not None for r in with_files)
+    assert all(r.intent_s is None for r in rows if r.task == "html")
+    quick = [r.closed - max(q.t for q in sessions[r.session]) < 900 for r in rows]
+    assert 0.3 < sum(quick) / len(quick) < 0.7  # about half close the page after their last answer
+
+
+def test_close_share_changes_only_the_closes() -> None:
+    a, b = sim.synthetic("webui", 3, 1, close_share=0.0), sim.synthetic("webui", 3, 1, close_share=1.0)
+    assert [r.t for r in a] == [r.t for r in b]
+    assert all(x.closed >= y.closed for x, y in zip(a, b, strict=True))
+
+
+def test_trace_named_like_a_synthetic_model_points_to_synthetic(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, err = run_cli(tmp_path, ONE_TIER.format(extra=""), ["--trace", "office-hours"], capsys)
+    assert code == 2
+    assert "office-hours:1: cannot read the trace: no such file; for generated traffic use --synthetic office-hours" in err
+
+
+# --- tiergate export-trace: the gateway's own week, from Redis ------------------------------
+
+
+def test_export_trace_writes_what_simulate_reads(redis_url: str, tmp_path: Path) -> None:
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    async def scenario() -> int:
+        r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            await r.delete("tg:trace")
+            base = {"task": "caption", "mode": "balanced", "prompt_tokens": "1200", "output_tokens": "250"}
+            await r.xadd("tg:trace", {"t": "1000", "tier": "t", "session": "old", "duration_s": "3", "cache": "miss", **base},
+                          id="1000000-0")
+            await r.xadd("tg:trace", {"event": "intent", "t": "1990", "tier": "t", "session": "s1"}, id="1990000-0")
+            await r.xadd("tg:trace", {"t": "2000", "tier": "t", "session": "s1", "duration_s": "4.5", "cache": "miss", **base},
+                          id="2000000-0")
+            await r.xadd("tg:trace", {"t": "2010", "tier": "t", "session": "s1", "duration_s": "0", "cache": "hit", **base},
+                          id="2010000-0")
+            await r.xadd("tg:trace", {"t": "2050", "tier": "t", "session": "", "duration_s": "2", "cache": "bypass", **base},
+                          id="2050000-0")
+            await r.xadd("tg:trace", {"event": "close", "t": "2100", "session": "s1"}, id="2100000-0")
+            return await sim.export_trace(r, tmp_path / "week.csv", since=1500)
+        finally:
+            await r.aclose()
+
+    assert asyncio.run(scenario()) == 2  # the old one is before --since, the cache hit never reached a GPU
+    rows = sim.read_trace(tmp_path / "week.csv")
+    assert [(r.t, r.session, r.duration_s, r.closed, r.intent_s) for r in rows] == [
+        (2000.0, "s1", 4.5, 2100.0, 10.0), (2050.0, "", 2.0, None, None)]
+    report = sim.simulate(sim.make_replay(sim.route(rows, config())), config()).report
+    assert report["total"]["requests"] == 2
+
+
+def test_weekly_saving_replays_the_last_seven_days() -> None:
+    from router.simulate.savings import rows_from_stream, weekly_saving
+
+    end = 1_736_000_000.0
+    entries = [{"t": str(end - 86400 * d - 3600), "tier": "t", "task": "caption", "session": f"s{d}",
+                "duration_s": "20", "cache": "miss"} for d in range(10)]
+    entries.append({"event": "close", "t": str(end - 3600 + 60), "session": "s0"})
+    tier = config(ADAPTIVE).tiers["t"]
+    week = weekly_saving(rows_from_stream(entries), tier, end)
+    assert week.requests == 7  # three of the ten days are older than a week
+    assert week.always_on_cost == pytest.approx(7 * 24 * 3.6)
+    assert 0 < week.policy_cost < week.fixed_5m_cost < week.always_on_cost
+    assert week.saving == pytest.approx(week.always_on_cost - week.policy_cost)
+    assert week.starts == 7
+    empty = weekly_saving([], tier, end)
+    assert empty.policy_cost == 0 and empty.saving_pct == 100.0
+
+
+def test_standby_is_billed_at_its_price_and_restarts_quickly() -> None:
+    """Stop to standby after each answer: a quick restart while in standby, a full boot after its break-even."""
+    from router import decide
+    from router.decide import Action
+    from router.machine import InstanceState
+
+    tier = config("standby_price_per_hour = 0.36\nstandby_boot_seconds = 10").tiers["t"]
+    limit = decide.standby_break_even(tier, 60)  # 0.36/h standby vs a 60 s boot: about 40 min
+    assert 1800 < limit < 3600
+
+    def to_standby(t, facts, now, history):
+        inst = facts.instances[0]
+        if inst.state == InstanceState.READY and not inst.inflight:
+            return [Action("stop", inst.id, "test", standby=True)]
+        return decide.decide(t, facts, now, history)
+
+    later = 1020 + limit + 500
+    reqs = [sim.Request(0, "t", 10), sim.Request(1000, "t", 10), sim.Request(later, "t", 10)]
+    run = sim.play_tier(tier, reqs, sim.make_replay(reqs), to_standby)
+    assert run.waits == [60, 10, 60]  # the boot, the standby restart, the boot again (standby ended at its break-even)
+    assert run.gpu_seconds == pytest.approx(70 + 20 + 70)
+    assert run.standby_seconds == pytest.approx((1000 - 70) + limit)
+    assert run.cost(tier) == pytest.approx((160 * 3.6 + run.standby_seconds * 0.36) / 3600)
+
+
+def test_export_command_reads_the_configured_redis(redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """What `tiergate export-trace --out F --since 7d` runs, once the lead wires the subcommand."""
+    import time
+
+    import redis
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r.delete("tg:trace")
+    now = time.time()
+    r.xadd("tg:trace", {"t": f"{now - 9 * 86400:.3f}", "tier": "t", "cache": "miss"}, id=f"{int((now - 9 * 86400) * 1000)}-0")
+    r.xadd("tg:trace", {"t": f"{now - 3600:.3f}", "tier": "t", "task": "ocr", "cache": "miss"}, id=f"{int((now - 3600) * 1000)}-0")
+    r.close()
+    parser = argparse.ArgumentParser()
+    sim.add_export_arguments(parser)
+    cfg = parse_config(f'[gateway]\nredis_url = "{redis_url}"\n' + ONE_TIER.format(extra=""))
+    out = tmp_path / "week.csv"
+    assert sim.run_export(parser.parse_args(["--out", str(out), "--since", "7d"]), cfg) == 0
+    assert "wrote 1 requests" in capsys.readouterr().err
+    assert [r.task for r in sim.read_trace(out)] == ["ocr"]
+    assert sim.run_export(parser.parse_args(["--out", str(out), "--since", "last week"]), cfg) == 2
+    assert "--since: 'last week' is neither a time" in capsys.readouterr().err
+
+
+def test_close_share_outside_zero_to_one_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    sim.add_arguments(parser)
+    assert sim.run(parser.parse_args(["--synthetic", "webui", "--close-share", "50"]), config()) == 2
+    assert "--close-share must be between 0 and 1 (a share of visitors), not 50" in capsys.readouterr().err

@@ -4,6 +4,8 @@ A short trace (seconds instead of hours) is replayed twice: through a real gatew
 stand-in workers, and through `tiergate simulate` with the same config. Starts must match
 exactly; billed GPU seconds within 30% or 2 s, whichever is larger (process start-up and
 health polling make the live boot a little longer and noisier than `boot_seconds`).
+The simulator takes every idle decision through `router.decide.decide`; once the gateway's
+supervisor does too, this test compares the same function on a real and a virtual clock.
 """
 
 from __future__ import annotations
