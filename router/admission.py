@@ -71,11 +71,12 @@ class Admission:
 
     async def acquire(
         self, tier_name: str, on_progress: ProgressFn | None = None, unfit: Mapping[str, str] | None = None,
-        _tried: tuple[str, ...] = (),
+        asker: str = "", _tried: tuple[str, ...] = (),
     ) -> Lease:
         """Lease a ready instance of `tier_name`, starting the tier and waiting if needed.
 
         `unfit`: fallback tiers that could not serve this request (and why): never started for it.
+        `asker`: who asks (a UI session, an API key), for the idle policy's visit forecast.
         """
         tier = self.cfg.tiers[tier_name]
         ids = [i.id for i in tier.instances]
@@ -84,7 +85,7 @@ class Admission:
         t0 = time.monotonic()
         arrived = now_ms()
         deadline = t0 + tier.boot_timeout + 15
-        queued = served = False
+        queued = served = first_in_queue = False
         try:
             while True:
                 changed = self.notifier.waiter(tier_name)
@@ -93,6 +94,10 @@ class Admission:
                     served = True
                     if got.was_idle and not queued:  # a queued request noted its arrival when it joined
                         self.lifecycle.background(self.ledger.note_arrival(tier_name))
+                    if not queued:
+                        self.lifecycle.background(self.ledger.seen(tier_name, asker, got.was_idle))
+                    elif first_in_queue:  # the first request after a cold start: what the restart cost in waiting
+                        self.lifecycle.background(self.ledger.record_cold_wait(tier_name, time.monotonic() - t0))
                     if got.pool_full:
                         self.lifecycle.ensure(tier_name, "every instance is at max_inflight_per_instance",
                                               started_by="scale", scale=True)
@@ -108,15 +113,18 @@ class Admission:
                             f"tier {tier_name!r} has {before} requests waiting (max_queue {tier.max_queue})",
                             headers={"Retry-After": str(max(1, int(tier.boot_seconds)))},
                         )
-                    if before == 0:  # the first of a herd ends the idle gap; the rest would repeat it
+                    first_in_queue = before == 0
+                    if first_in_queue:  # the first of a herd ends the idle gap; the rest would repeat it
                         self.lifecycle.background(self.ledger.note_arrival(tier_name))
+                    self.lifecycle.background(self.ledger.seen(tier_name, asker, first_in_queue))
                 view = await self.lifecycle.view(tier)
                 st = view.state
                 failed = view.failed
                 if failed is not None and failed.changed_at >= arrived and not await self.state.lock_holder(tier_name):
                     # the start this request waited for failed (and its owner tried every instance):
                     # the fallback, or a clear error
-                    return await self._fall_back(tier, failed.reason, on_progress, unfit or {}, (*_tried, tier_name))
+                    return await self._fall_back(tier, failed.reason, on_progress, unfit or {}, asker,
+                                                 (*_tried, tier_name))
                 if st in (S.STOPPED, S.FAILED):
                     # idempotent: one task per process, and the tier lock makes it one start overall
                     self.lifecycle.ensure(tier_name, "a request arrived")
@@ -148,7 +156,7 @@ class Admission:
         await self.leases.release(lease.id)
 
     async def _fall_back(
-        self, tier: TierConfig, reason: str, on_progress: ProgressFn | None, unfit: Mapping[str, str],
+        self, tier: TierConfig, reason: str, on_progress: ProgressFn | None, unfit: Mapping[str, str], asker: str,
         tried: tuple[str, ...],
     ) -> Lease:
         target = tier.fallback
@@ -159,7 +167,7 @@ class Admission:
                                   f"its fallback {target!r} cannot take this request: {unfit[target]}")
         if on_progress:
             await on_progress(Progress(tier.name, "fallback", 0, None, 0, f"{tier.name} failed ({reason}); using {target}"))
-        lease = await self.acquire(target, on_progress, unfit, tried)
+        lease = await self.acquire(target, on_progress, unfit, asker, tried)
         lease.fallback_reason = f"tier {tier.name!r} could not be started ({reason}); answered by {target!r}"
         return lease
 

@@ -126,7 +126,7 @@ class Answers:
         self, req: ChatRequest, key: str, on_progress: ProgressFn | None, arrived: float, asker: str
     ) -> Answer:
         for attempt in (1, 2):
-            lease = await self.admission.acquire(req.tier, on_progress, req.unfit)
+            lease = await self.admission.acquire(req.tier, on_progress, req.unfit, asker)
             tier_cfg = self.cfg.tiers[lease.tier]
             meta = Meta(tier=lease.tier, gpu=tier_cfg.gpu, task=req.task, cache="miss" if key else "bypass",
                         wait_ms=int(lease.waited * 1000), requested_tier=req.tier, fallback_reason=lease.fallback_reason,
@@ -247,7 +247,7 @@ class Answers:
         for f in filter(None, fields):
             await self.ledger.count_day(tier, f)
         if meta.cache != "hit":
-            await self.ledger.seen(tier, asker)
+            await self.ledger.answered(tier, asker)
         await self.ledger.trace(
             t=f"{arrived:.3f}", tier=tier, task=req.task, mode=req.mode, session=asker,
             duration_s=f"{meta.seconds:.3f}", prompt_tokens=usage.get("prompt_tokens", ""),

@@ -1,13 +1,13 @@
 """Daily budgets: refuse a start once today's spend reached what an admin allowed.
 
-Today's spend is `ledger.day_gpu_ms` for the current UTC day (closed intervals split by day,
+Today's spend is `ledger.spend` for the current UTC day (closed intervals split by day,
 open ones counted from midnight), the same number the status table and the dashboard show.
 """
 
 from __future__ import annotations
 
 from .config import Config, TierConfig
-from .ledger import Ledger, day_gpu_ms, day_of, day_start_ms
+from .ledger import Ledger, day_of, day_start_ms, spend
 from .state import State, now_ms
 
 
@@ -37,6 +37,5 @@ class Budget:
         for t in tiers:
             day = (await self.ledger.days(t.name, [today]))[today]
             view = await self.state.tier(t.name, [i.id for i in t.instances])
-            ms = day_gpu_ms(day.get("gpu_ms", 0), (i.billing_since for i in view.instances), day_start_ms(now), now)
-            out[t.name] = ms / 3_600_000 * t.price_per_hour
+            out[t.name] = spend(t, day, view.instances, day_start_ms(now), now)
         return out

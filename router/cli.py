@@ -1,10 +1,9 @@
-"""The `tiergate` command: serve, check, worker, status, doctor, simulate, hash-password, api-key."""
+"""The `tiergate` command: serve, check, worker, status, doctor, simulate, export-trace, hash-password, api-key."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import logging
 import os
 import sys
@@ -130,6 +129,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return simulate.run(args, _config(args.config))
 
 
+def cmd_export_trace(args: argparse.Namespace) -> int:
+    from . import simulate
+
+    return simulate.run_export(args, _config(args.config))
+
+
 class _Refused(Exception):
     """A secret that cannot be used; the message says why."""
 
@@ -228,13 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(p)
     p.set_defaults(func=cmd_doctor)
 
+    from . import simulate
+
     p = sub.add_parser("simulate", help="replay a request trace: cost and waits of a setting, before deploying it")
     config_arg(p)
-    if importlib.util.find_spec("router.simulate") is not None:
-        from . import simulate
-
-        simulate.add_arguments(p)
+    simulate.add_arguments(p)
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("export-trace", help="the gateway's own recorded requests as a trace `simulate` replays")
+    config_arg(p)
+    simulate.add_export_arguments(p)
+    p.set_defaults(func=cmd_export_trace)
 
     p = sub.add_parser(
         "hash-password",

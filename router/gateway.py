@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +97,12 @@ class Gateway:
         """From the cache, or from the routed tier (booting it and reporting progress if it must)."""
         return await self.answers.answer(req, on_progress, asker)
 
-    async def warm(self, req: ChatRequest, why: str) -> bool:
+    async def warm(self, req: ChatRequest, why: str, asker: str = "") -> bool:
         """Warm-up on intent: boot the tier a prepared request would go to, if it wants that and is down."""
         tier = self.cfg.tiers.get(req.tier)
         if tier is None or not tier.warm_on_intent:
             return False
+        self.later.spawn(self.ledger.trace(event="intent", t=f"{time.time():.3f}", tier=req.tier, session=asker))
         view = await self.lifecycle.view(tier)
         if view.state not in (InstanceState.STOPPED, InstanceState.FAILED):
             return False
@@ -108,11 +110,13 @@ class Gateway:
         return True
 
     async def present(self, askers: list[str]) -> None:
-        """These UI sessions have their page open (the idle policy keeps a tier for a present asker)."""
+        """These UI sessions have their page open (the idle policy keeps a tier up for a present asker)."""
         await self.ledger.present(askers)
 
     async def gone(self, asker: str) -> None:
+        """A UI session's page closed: the idle policy stops waiting for them."""
         await self.ledger.gone(asker)
+        await self.ledger.trace(event="close", t=f"{time.time():.3f}", session=asker)
 
     # --- tiers -----------------------------------------------------------------------------
 

@@ -1,19 +1,24 @@
 """Money and history in Redis: billed GPU time, starts, per-day counters, and what the idle
 policy and the simulator learn from (boots, idle gaps, arrivals, askers, the request trace).
 
-Spend has one definition, `day_gpu_ms`, used by the daily budget, the status table and the
+Spend has one definition, `spend`, used by the daily budget, the status table and the
 dashboard alike: closed billing intervals are split by UTC day when they close, and an
 instance still billing counts only from the start of the day (or its start, if later).
+Time in standby (a cheaper stop, where the provider has one) is billed at its own price.
 
 Keys (prefix `tg:`):
-  ledger:{t}        hash  gpu_ms, starts (all time)
-  day:{t}:{date}    hash  gpu_ms, starts, requests, cache_hits, cache_misses (per UTC day)
+  ledger:{t}        hash  gpu_ms, standby_ms, starts (all time)
+  day:{t}:{date}    hash  gpu_ms, standby_ms, starts, requests, cache_hits, cache_misses (per UTC day)
   boots:{t}         list  recent cold-start seconds, newest first
   gaps:{t}          list  "END:SECONDS" of recent idle gaps (END = epoch s the gap ended), newest first
   arrivals:{t}      list  epoch s of arrivals at an idle tier (predictive pre-warm)
   tier:{t}          hash  last_end (ms): when the tier's last request ended
   askers:{t}        zset  asker id -> when their last answer ended (ms)
-  present           zset  asker id -> until when their page is known to be open (ms)
+  present           zset  asker id -> until when their page is known to be open (ms); kept after it
+                          lapses, so a page that vanished without saying so counts as closed then
+  closed            zset  asker id -> when their page closed (ms)
+  visits:{t}        list  epoch s of first requests of askers not seen for VISIT_GAP_S (forecasts)
+  cold_waits:{t}    list  seconds the first request after each cold start waited, newest first
   trace             stream  every request: t, tier, task, mode, session, duration_s, tokens, cache
   epoch             str   when this Redis first saw a gateway (ms): the always-on baseline's start
 """
@@ -26,7 +31,10 @@ from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 
-from .state import PREFIX, inst_key, now_ms
+from .config import TierConfig
+from .decide import Asker as DecideAsker
+from .decide import History
+from .state import PREFIX, InstanceView, inst_key, now_ms
 
 DAY_MS = 86_400_000
 HISTORY = 50
@@ -35,6 +43,9 @@ MAX_ARRIVALS = 5000
 TRACE_LENGTH = 100_000
 GAP_MIN_S = 1.0  # shorter pauses are one burst, not an idle gap
 ASKERS_KEPT_S = 4 * 3600  # askers older than this say nothing about the next minutes
+VISIT_GAP_S = 1800  # an asker back after this long is a new visit
+MAX_VISITS = 20_000  # about four weeks of a busy tier
+MAX_COLD_WAITS = 20
 PRESENCE_TTL_MS = 15_000  # a page that stopped reporting for this long is gone
 
 
@@ -56,10 +67,21 @@ def split_by_day(start: int, end: int) -> list[tuple[str, int]]:
 
 
 def day_gpu_ms(closed_ms: int, billing_since: Iterable[int], day_start: int, now: int) -> int:
-    """GPU ms billed on the day starting at `day_start`: its closed intervals plus the open ones clipped to it."""
+    """Ms billed on the day starting at `day_start`: its closed intervals plus the open ones clipped to it.
+
+    The same for GPU time (`billing_since`) and standby time (`standby_since`).
+    """
     day_end = day_start + DAY_MS
     open_ms = sum(max(0, min(now, day_end) - max(since, day_start)) for since in billing_since if since)
     return closed_ms + open_ms
+
+
+def spend(tier: TierConfig, day: dict[str, int], instances: Iterable[InstanceView], start: int, now: int) -> float:
+    """What the tier cost on the day starting at `start` (its counters `day`), up to `now`."""
+    insts = list(instances)
+    gpu = day_gpu_ms(day.get("gpu_ms", 0), (i.billing_since for i in insts), start, now)
+    standby = day_gpu_ms(day.get("standby_ms", 0), (i.standby_since for i in insts), start, now)
+    return (gpu * tier.price_per_hour + standby * tier.standby_price_per_hour) / 3_600_000
 
 
 @dataclass(frozen=True)
@@ -67,6 +89,7 @@ class Asker:
     id: str
     last_seen: float  # epoch s their last answer ended
     present: bool  # their page is open now
+    closed: float = 0.0  # epoch s their page closed; 0 while open, or for API callers (unknown)
 
 
 class Ledger:
@@ -99,6 +122,21 @@ class Ledger:
         pipe.hincrby(f"{PREFIX}ledger:{tier}", "gpu_ms", max(0, end - since))
         for day, ms in split_by_day(since, end):
             pipe.hincrby(f"{PREFIX}day:{tier}:{day}", "gpu_ms", ms)
+        await pipe.execute()
+        return max(0, end - since)
+
+    async def close_standby(self, tier: str, inst_id: str, until: int | None = None) -> int:
+        """End an instance's standby (a cheaper stop that still bills): its ms go to `standby_ms`."""
+        key = inst_key(inst_id)
+        since = int(await self.redis.hget(key, "standby_since") or 0)
+        if not since:
+            return 0
+        end = until or now_ms()
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(key, "standby_since", "")
+        pipe.hincrby(f"{PREFIX}ledger:{tier}", "standby_ms", max(0, end - since))
+        for day, ms in split_by_day(since, end):
+            pipe.hincrby(f"{PREFIX}day:{tier}:{day}", "standby_ms", ms)
         await pipe.execute()
         return max(0, end - since)
 
@@ -141,7 +179,41 @@ class Ledger:
         gaps, boots, arrivals = await pipe.execute()
         return [_gap(g) for g in gaps], [float(b) for b in boots], sorted(float(a) for a in arrivals)
 
-    async def seen(self, tier: str, asker: str) -> None:
+    async def learnt(self, tier: str) -> History:
+        """Everything `decide` reads about the tier's past, in two round trips."""
+        (gaps, boots, arrivals), (visits, waits) = await self.history(tier), await self.demand(tier)
+        askers = await self.askers(tier)
+        return History(gaps=gaps, boots=boots, arrivals=arrivals, visits=visits, cold_waits=waits,
+                       askers=tuple(DecideAsker(a.last_seen, a.present, a.closed) for a in askers))
+
+    async def demand(self, tier: str) -> tuple[list[float], list[float]]:
+        """(visits ascending, cold waits newest first): what the idle policy prices a restart with."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lrange(f"{PREFIX}visits:{tier}", 0, MAX_VISITS - 1)
+        pipe.lrange(f"{PREFIX}cold_waits:{tier}", 0, MAX_COLD_WAITS - 1)
+        visits, waits = await pipe.execute()
+        return sorted(float(v) for v in visits), [float(w) for w in waits]
+
+    async def record_cold_wait(self, tier: str, seconds: float) -> None:
+        """How long the first request after a cold start waited (shorter than the boot when warmed on intent)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lpush(f"{PREFIX}cold_waits:{tier}", f"{seconds:.3f}")
+        pipe.ltrim(f"{PREFIX}cold_waits:{tier}", 0, MAX_COLD_WAITS - 1)
+        await pipe.execute()
+
+    async def seen(self, tier: str, asker: str, idle: bool) -> None:
+        """A request arrived: a new visit when its asker was away (or is unknown and the tier was idle)."""
+        now = now_ms()
+        before = await self.redis.zscore(f"{PREFIX}askers:{tier}", asker) if asker else None
+        pipe = self.redis.pipeline(transaction=False)
+        if (asker and (before is None or now - before > VISIT_GAP_S * 1000)) or (not asker and idle):
+            pipe.lpush(f"{PREFIX}visits:{tier}", f"{now / 1000:.0f}")
+            pipe.ltrim(f"{PREFIX}visits:{tier}", 0, MAX_VISITS - 1)
+        if asker:
+            pipe.zadd(f"{PREFIX}askers:{tier}", {asker: now})
+        await pipe.execute()
+
+    async def answered(self, tier: str, asker: str) -> None:
         """An asker's answer ended: they may be back soon while their page is open."""
         if asker:
             await self.redis.zadd(f"{PREFIX}askers:{tier}", {asker: now_ms()})
@@ -151,12 +223,20 @@ class Ledger:
         until = now_ms() + PRESENCE_TTL_MS
         mapping = {a: until for a in askers if a}
         if mapping:
-            await self.redis.zadd(f"{PREFIX}present", mapping)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zadd(f"{PREFIX}present", mapping)
+            pipe.zrem(f"{PREFIX}closed", *mapping)
+            await pipe.execute()
 
     async def gone(self, asker: str) -> None:
-        await self.redis.zrem(f"{PREFIX}present", asker)
+        """A page closed (the UI saw it unload)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(f"{PREFIX}present", asker)
+        pipe.zadd(f"{PREFIX}closed", {asker: now_ms()})
+        await pipe.execute()
 
     async def askers(self, tier: str) -> list[Asker]:
+        """Recent askers of the tier: page open, page closed (and when), or unknown (API callers)."""
         now = now_ms()
         key = f"{PREFIX}askers:{tier}"
         pipe = self.redis.pipeline(transaction=False)
@@ -165,10 +245,20 @@ class Ledger:
         _, rows = await pipe.execute()
         if not rows:
             return []
-        present = await self.redis.zmscore(f"{PREFIX}present", [a for a, _ in rows])
-        return [
-            Asker(a, seen / 1000, p is not None and p > now) for (a, seen), p in zip(rows, present, strict=True)
-        ]
+        ids = [a for a, _ in rows]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zmscore(f"{PREFIX}present", ids)
+        pipe.zmscore(f"{PREFIX}closed", ids)
+        present, closed = await pipe.execute()
+        out = []
+        for (a, seen), until, shut in zip(rows, present, closed, strict=True):
+            if until is not None and until > now:
+                out.append(Asker(a, seen / 1000, True))
+            elif shut is not None or until is not None:  # said goodbye, or stopped reporting
+                out.append(Asker(a, seen / 1000, False, (shut or until) / 1000))
+            else:
+                out.append(Asker(a, seen / 1000, False))
+        return out
 
     # --- the trace the simulator replays -------------------------------------------------------
 

@@ -143,6 +143,7 @@ class Lifecycle:
     ) -> str | None:
         """Start one instance and watch it until ready. None when ready, else why it is not."""
         provider = self.provider(inst)
+        await self.ledger.close_standby(tier.name, inst.id)  # a start from standby ends it
         now = now_ms()
         moved = await self.state.transition(
             inst.id, tier.name, was, S.STARTING, stage="starting machine", boot_started=now,
@@ -242,17 +243,32 @@ class Lifecycle:
             return False
         billed = await self.ledger.close_billing(tier.name, inst.id)
         await self.state.transition(inst.id, tier.name, S.STOPPING, then, stage="", url="", handle={}, then="",
-                                    reason=reason if then == S.FAILED else "")
+                                    reason=reason if then == S.FAILED else "", standby_since=now_ms() if standby else "")
         await self.state.event(tier.name, "stopped", instance=inst.id, reason=f"{reason} (billed {billed / 1000:.1f}s)",
                                actor=actor)
         return True
 
     async def idle_stop(self, tier: TierConfig, inst: InstanceConfig, action: Action) -> None:
-        """Stop an idle instance; the compare-and-swap re-checks idleness where requests cannot interleave."""
+        """Stop an idle instance (or end its standby); the compare-and-swap re-checks idleness atomically."""
         async with self.state.lock(tier.name) as owned:
-            if owned and await self.state.transition(inst.id, tier.name, S.READY, S.STOPPING,
-                                                     idle_ms=int(action.keep_alive * 1000), stage="", reason=action.reason):
+            if not owned:
+                return
+            iv = await self.state.instance(inst.id, tier.name)  # the re-check under the lock
+            if iv.state == S.STOPPED and iv.standby_since:
+                await self._end_standby(tier, inst, action.reason)
+            elif await self.state.transition(inst.id, tier.name, S.READY, S.STOPPING,
+                                             idle_ms=int(action.keep_alive * 1000), stage="", reason=action.reason):
                 await self.stop_machine(tier, inst, action.reason, standby=action.standby)
+
+    async def _end_standby(self, tier: TierConfig, inst: InstanceConfig, why: str) -> None:
+        """From the cheaper stop to the full one: the machine stops billing altogether."""
+        try:
+            await self.provider(inst).stop(inst, {}, standby=False)
+        except Exception as exc:  # noqa: BLE001 - still in standby: the next pass tries again
+            await self.state.event(tier.name, "stop_failed", instance=inst.id, reason=str(exc))
+            return
+        ms = await self.ledger.close_standby(tier.name, inst.id)
+        await self.state.event(tier.name, "stopped", instance=inst.id, reason=f"{why} (standby {ms / 1000:.0f}s)")
 
     async def force_stop(self, tier: TierConfig, inst: InstanceConfig, why: str, actor: str = "") -> None:
         async with self.state.lock(tier.name) as owned:
@@ -361,7 +377,7 @@ def facts_of(tier: TierConfig, view: TierView, billed: Mapping[str, bool]) -> Ti
             InstanceFacts(
                 id=iv.id, state=iv.state, inflight=iv.inflight, last_active=iv.last_active / 1000,
                 boot_started=iv.boot_started / 1000, billed=billed.get(inst.provider, True),
-                for_requests=iv.started_by == "request",
+                for_requests=iv.started_by == "request", standby_since=iv.standby_since / 1000,
             )
             for inst, iv in zip(tier.instances, view.instances, strict=True)
         ),

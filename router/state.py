@@ -9,7 +9,8 @@ watch and stop a tier's machines; losing it (a renewal that fails) cancels the o
 Keys (prefix `tg:`):
   inst:{id}       hash  state, tier, url, stage, reason, started_by, boot_started, billing_since,
                         last_active, ready_at, ready_cb, changed_at, handle (the provider's JSON record),
-                        cancel (why a boot should be given up), then (where a stop lands: stopped|failed)
+                        cancel (why a boot should be given up), then (where a stop lands: stopped|failed),
+                        standby_since (in the provider's cheaper stop since)
   lock:{t}        str   owner token of the one process allowed to change tier t
   events          stream  lifecycle events (who started or stopped what, when, why)
   ch:{t}          pub/sub channel announcing every change of tier t
@@ -121,6 +122,7 @@ class InstanceView:
     ready_cb: int = 0
     changed_at: int = 0
     handle: dict = field(default_factory=dict)
+    standby_since: int = 0  # stopped in the provider's standby (ms); billed at the standby price
     cancel: str = ""  # why a boot in progress should be given up (an admin stop, a removed tier)
     then: str = ""  # while stopping: the state to land in (failed after a failed boot)
     inflight: int = 0
@@ -147,6 +149,7 @@ class InstanceView:
             started_by=h.get("started_by", ""),
             boot_started=i("boot_started"),
             billing_since=i("billing_since"),
+            standby_since=i("standby_since"),
             last_active=i("last_active"),
             ready_at=i("ready_at"),
             ready_cb=i("ready_cb"),
@@ -166,6 +169,7 @@ class TierView:
     instances: list[InstanceView]
     queued: int = 0
     gpu_ms: int = 0
+    standby_ms: int = 0
     starts: int = 0
     boots: list[float] = field(default_factory=list)
 
@@ -196,6 +200,9 @@ class TierView:
     def billed_ms(self, at: int) -> int:
         """Closed billing plus the instances billing right now."""
         return self.gpu_ms + sum(max(0, at - i.billing_since) for i in self.instances if i.billing_since)
+
+    def standby_billed_ms(self, at: int) -> int:
+        return self.standby_ms + sum(max(0, at - i.standby_since) for i in self.instances if i.standby_since)
 
 
 class State:
@@ -235,6 +242,7 @@ class State:
             instances=instances,
             queued=queued,
             gpu_ms=int(ledger.get("gpu_ms") or 0),
+            standby_ms=int(ledger.get("standby_ms") or 0),
             starts=int(ledger.get("starts") or 0),
             boots=[float(b) for b in boots],
         )

@@ -13,8 +13,8 @@ import time
 from collections.abc import Mapping
 
 from .config import Config
-from .decide import Asker, History, boot_eta, decide
-from .ledger import DAY_MS, Ledger, day_gpu_ms, day_of, day_start_ms
+from .decide import boot_eta, decide
+from .ledger import DAY_MS, Ledger, day_gpu_ms, day_of, day_start_ms, spend
 from .lifecycle import facts_of
 from .state import State, now_ms
 
@@ -28,17 +28,13 @@ async def tiers_status(cfg: Config, state: State, ledger: Ledger, billed: Mappin
     out = []
     for name, tier in cfg.tiers.items():
         view = await state.tier(name, [i.id for i in tier.instances])
-        gaps, boots, arrivals = await ledger.history(name)
-        askers = await ledger.askers(name)
-        history = History(gaps=gaps, boots=boots, arrivals=arrivals,
-                          askers=tuple(Asker(a.last_seen, a.present) for a in askers))
-        actions = decide(tier, facts_of(tier, view, billed), time.time(), history)
+        actions = decide(tier, facts_of(tier, view, billed), time.time(), await ledger.learnt(name))
         keeps = [a for a in actions if a.kind == "keep"]
         day = (await ledger.days(name, [today]))[today]
         today_s = day_gpu_ms(day.get("gpu_ms", 0), (i.billing_since for i in view.instances), midnight, now) / 1000
         billed_s = view.billed_ms(now) / 1000
         always_on = 0.0 if tier.always_on else (now - epoch) / 3_600_000 * tier.price_per_hour
-        cost = billed_s / 3600 * tier.price_per_hour
+        cost = (billed_s * tier.price_per_hour + view.standby_billed_ms(now) / 1000 * tier.standby_price_per_hour) / 3600
         idle = view.state == "ready" and view.inflight == 0 and view.last_active
         idle_for = (now - view.last_active) / 1000 if idle else None
         until = min((a.until for a in keeps), default=math.inf)
@@ -71,7 +67,7 @@ async def tiers_status(cfg: Config, state: State, ledger: Ledger, billed: Mappin
             "today": {
                 "starts": day.get("starts", 0),
                 "gpu_seconds": round(today_s, 3),
-                "cost": round(today_s / 3600 * tier.price_per_hour, 6),
+                "cost": round(spend(tier, day, view.instances, midnight, now), 6),
                 "cache_hits": day.get("cache_hits", 0),
                 "requests": day.get("requests", 0),
             },
@@ -94,7 +90,7 @@ async def daily(cfg: Config, state: State, ledger: Ledger, n_days: int) -> list[
             c = counts.get(day, {})
             hours = day_gpu_ms(c.get("gpu_ms", 0), (i.billing_since for i in view.instances), start, now) / 3_600_000
             on_hours = max(0, min(start + DAY_MS, now) - max(start, epoch)) / 3_600_000
-            cost = hours * tier.price_per_hour
+            cost = spend(tier, c, view.instances, start, now)
             always = 0.0 if tier.always_on else on_hours * tier.price_per_hour
             rows.append({
                 "day": day, "tier": name, "gpu_hours": round(hours, 4), "cost": round(cost, 4),

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from .config import Config, TierConfig
-from .decide import Action, Asker, History, decide
+from .decide import Action, decide
 from .leases import Leases
 from .ledger import Ledger
 from .lifecycle import Lifecycle, facts_of
@@ -70,7 +70,7 @@ class Supervisor:
         if any(i.state in (S.STARTING, S.STOPPING) for i in view.instances) and not await self.state.lock_holder(tier.name):
             self.lifecycle.ensure(tier.name, "resuming a transition whose owner is gone", start=False)
             return
-        actions = decide(tier, facts_of(tier, view, self.lifecycle.billed), time.time(), await self.history(tier))
+        actions = decide(tier, facts_of(tier, view, self.lifecycle.billed), time.time(), await self.ledger.learnt(tier.name))
         self.decisions[tier.name] = actions
         by_id = {i.id: i for i in tier.instances}
         for a in actions:
@@ -80,7 +80,7 @@ class Supervisor:
             elif a.kind == "scale_out":
                 self.lifecycle.ensure(tier.name, a.reason, started_by="scale", scale=True)
             elif a.kind == "stop" and inst:
-                self.lifecycle.background(self.lifecycle.idle_stop(tier, inst, a))
+                self.lifecycle.background(self.lifecycle.idle_stop(tier, inst, a))  # or out of standby
             elif a.kind == "force_stop" and inst:
                 self.lifecycle.background(self.lifecycle.force_stop(tier, inst, a.reason))
             elif a.kind == "give_up_boot" and inst:
@@ -90,12 +90,6 @@ class Supervisor:
                 continue
             why = "reconcile" if iv.state in (S.STOPPED, S.FAILED) else "periodic health check"
             self.lifecycle.background(self.lifecycle.reconciler.check(tier, inst, why))
-
-    async def history(self, tier: TierConfig) -> History:
-        gaps, boots, arrivals = await self.ledger.history(tier.name)
-        askers = await self.ledger.askers(tier.name)
-        return History(gaps=gaps, boots=boots, arrivals=arrivals,
-                       askers=tuple(Asker(a.last_seen, a.present) for a in askers))
 
     def _due(self, inst_id: str, every: float) -> bool:
         """A cloud API is asked at most every `check_every`; /proc is free to read."""

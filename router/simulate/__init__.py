@@ -136,19 +136,17 @@ def _load(args: argparse.Namespace, cfg: Config) -> tuple[Replay, str]:
 
 
 def live_boots(cfg: Config) -> dict[str, list[float]]:
-    """Recorded cold starts per tier (newest first) from the gateway's Redis."""
+    """Recorded cold starts per tier (newest first) from the gateway's Redis, read without starting one."""
     import asyncio
 
-    from ..redis_server import open_redis
-    from ..state import HISTORY, PREFIX
+    from ..ledger import HISTORY
+    from ..redis_server import open_for_reading
+    from ..state import PREFIX
 
     async def read() -> dict[str, list[float]]:
-        handle = open_redis(cfg)
-        try:
-            return {name: [float(b) for b in await handle.client.lrange(f"{PREFIX}boots:{name}", 0, HISTORY - 1)]
+        async with open_for_reading(cfg) as state:
+            return {name: [float(b) for b in await state.client.lrange(f"{PREFIX}boots:{name}", 0, HISTORY - 1)]
                     for name in cfg.tiers}
-        finally:
-            await handle.aclose()
 
     try:
         return asyncio.run(read())
@@ -160,7 +158,7 @@ def run_export(args: argparse.Namespace, cfg: Config) -> int:
     """`tiergate export-trace --out FILE [--since WHEN]`: the gateway's own week as a trace."""
     import asyncio
 
-    from ..redis_server import open_redis
+    from ..redis_server import NoState, StateUnreachable, open_for_reading
 
     try:
         since = _since(args.since) if getattr(args, "since", None) else None
@@ -169,14 +167,14 @@ def run_export(args: argparse.Namespace, cfg: Config) -> int:
         return 2
 
     async def export() -> int:
-        handle = open_redis(cfg)
-        try:
-            return await export_trace(handle.client, Path(args.out), since)
-        finally:
-            await handle.aclose()
+        async with open_for_reading(cfg) as state:
+            return await export_trace(state.client, Path(args.out), since)
 
     try:
         n = asyncio.run(export())
+    except (NoState, StateUnreachable) as exc:
+        print(f"tiergate export-trace: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"{args.out}:1: cannot write the trace: {exc.strerror or exc}", file=sys.stderr)
         return 2
