@@ -66,6 +66,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _asker(request: Request, body: dict) -> str:
+    """Who asks: the credential (API key, UI login), else OpenAI's `user` field; '' when unknown."""
+    who = request.scope.get("tiergate.asker", "")
+    user = body.get("user") if isinstance(body, dict) else None
+    return who or (f"user:{user[:64]}" if isinstance(user, str) and user else "")
+
+
 def is_admin(request: Request) -> bool:
     expected = os.environ.get("TIERGATE_ADMIN_TOKEN", "")
     given = request.headers.get("authorization", "")
@@ -111,7 +118,7 @@ def create_app(gw: Gateway) -> FastAPI:
             raw = await read_body(request, gw.cfg.gateway.max_body_size)
             body = await parse_json_async(raw)  # 400 for bad JSON and for absurd nesting
             req = await gw.prepare_async(body, len(raw))
-            answer = await gw.answer(req, asker=request.scope.get("tiergate.asker", ""))
+            answer = await gw.answer(req, asker=_asker(request, body))
         except TiergateError as exc:
             return error_response(exc)
         except (RedisConnectionError, RedisTimeoutError) as exc:
