@@ -1,4 +1,4 @@
-"""Who may call which route: decided once, before any route runs (a plain ASGI middleware).
+"""Who may call which route: decided once, before any route runs (by `api.Front`).
 
 Public by design, private by default:
 * `GET /healthz` is public (load balancers), and `POST /api/instances/{id}/ready` carries
@@ -47,35 +47,25 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/api/docs", LOGIN),
 )
 
-# cookies -> the logged-in UI user, or None; the UI puts one on `app.state.session_check` when mounted
+# cookies -> the logged-in UI user, or None; the UI puts one on `api.state.session_check` when mounted
 SessionCheck = Callable[[dict[str, str]], str | None]
 
 
-class Guard:
-    """ASGI middleware: refuse a guarded route without a credential, before it runs."""
+class Access:
+    """Who may call a guarded route; asked by the front of the app before any route runs."""
 
-    def __init__(self, app: Any, gateway: Any) -> None:
-        self.app = app
+    def __init__(self, gateway: Any, api: Any) -> None:
         self.gw = gateway
+        self.api = api  # the UI puts its session check on `api.state.session_check` when it mounts
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not self.gw.cfg.gateway.require_login:
-            await self.app(scope, receive, send)
-            return
+    async def admit(self, scope: dict) -> str | None:
+        """The caller's id ('' for an open route or an anonymous caller where that is allowed); None: refuse."""
+        if not self.gw.cfg.gateway.require_login:
+            return ""
         path = scope["path"]
         if PUBLIC.match(path) or not GUARDED.match(path):
-            await self.app(scope, receive, send)
-            return
-        who = await self.identify(scope)
-        if who is None:
-            err = Unauthorized("this gateway requires a credential: 'Authorization: Bearer <API key>' "
-                               "(see [gateway] api_keys), or log in to the UI", code="missing_credential")
-            headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]
-            await send({"type": "http.response.start", "status": err.status, "headers": headers})
-            await send({"type": "http.response.body", "body": orjson.dumps(err.body())})
-            return
-        scope["tiergate.asker"] = who
-        await self.app(scope, receive, send)
+            return ""
+        return await self.identify(scope)
 
     async def identify(self, scope: dict) -> str | None:
         headers = dict(scope.get("headers") or [])
@@ -88,11 +78,18 @@ class Guard:
             if verify_api_key(token, self.gw.cfg.api_key_hashes()):  # microseconds: keys are random, not stretched
                 return f"key:{hashlib.sha256(token.encode()).hexdigest()[:12]}"
             return None
-        app = scope.get("app")
-        check: SessionCheck | None = getattr(getattr(app, "state", None), "session_check", None)
+        check: SessionCheck | None = getattr(self.api.state, "session_check", None)
         if check is not None and (user := check(_cookies(headers.get(b"cookie", b"")))):
             return f"ui:{user}"
         return None
+
+    @staticmethod
+    async def refuse(send: Any) -> None:
+        err = Unauthorized("this gateway requires a credential: 'Authorization: Bearer <API key>' "
+                           "(see [gateway] api_keys), or log in to the UI", code="missing_credential")
+        headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]
+        await send({"type": "http.response.start", "status": err.status, "headers": headers})
+        await send({"type": "http.response.body", "body": orjson.dumps(err.body())})
 
 
 def _cookies(raw: bytes) -> dict[str, str]:

@@ -94,7 +94,7 @@ class Admission:
                     served = True
                     if got.was_idle and not queued:  # a queued request noted its arrival when it joined
                         self.lifecycle.background(self.ledger.note_arrival(tier_name))
-                    if not queued:
+                    if not queued and (asker or got.was_idle):
                         self.lifecycle.background(self.ledger.seen(tier_name, asker, got.was_idle))
                     elif first_in_queue:  # the first request after a cold start: what the restart cost in waiting
                         self.lifecycle.background(self.ledger.record_cold_wait(tier_name, time.monotonic() - t0))

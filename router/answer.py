@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from .admission import Admission, Lease, ProgressFn
 from .backends.base import Backend
 from .background import Background
-from .cache import Entry, ResponseCache, cache_key, thumbnail
+from .cache import Entry, ResponseCache, cache_key
 from .config import Config
 from .errors import TiergateError, TierUnavailable, UpstreamError, WorkerUnreachable
 from .leases import Leases
@@ -231,26 +231,17 @@ class Answers:
             return
         entry = Entry(key=key, response=response, tier=meta.tier, task=req.task, model=meta.model,
                       question=req.question, created=time.time())
+        self.cache.keep(entry, req.body.get("messages") or [])
         self.cache.finish(key, entry)
-        self.later.spawn(self._store(req, entry))
-
-    async def _store(self, req: ChatRequest, entry: Entry) -> None:
-        entry.thumbnail = await asyncio.to_thread(thumbnail, req.body.get("messages") or [])
-        await self.cache.put(entry)
 
     async def _account(
         self, tier: str, req: ChatRequest, meta: Meta, arrived: float, asker: str, usage: dict | None
     ) -> None:
-        """The day's counters, the asker's last answer, one trace row: all after the answer went out."""
+        """The day's counters, the asker's last answer, one trace row: after the answer went out."""
         usage = usage or {}
-        fields = ["requests", "cache_hits" if meta.cache == "hit" else "cache_misses" if meta.cache == "miss" else ""]
-        for f in filter(None, fields):
-            await self.ledger.count_day(tier, f)
-        if meta.cache != "hit":
-            await self.ledger.answered(tier, asker)
-        await self.ledger.trace(
-            t=f"{arrived:.3f}", tier=tier, task=req.task, mode=req.mode, session=asker,
-            duration_s=f"{meta.seconds:.3f}", prompt_tokens=usage.get("prompt_tokens", ""),
-            output_tokens=usage.get("completion_tokens", ""), cache=meta.cache,
-        )
+        await self.ledger.account(tier, meta.cache, asker, {
+            "t": f"{arrived:.3f}", "tier": tier, "task": req.task, "mode": req.mode, "session": asker,
+            "duration_s": f"{meta.seconds:.3f}", "prompt_tokens": usage.get("prompt_tokens", ""),
+            "output_tokens": usage.get("completion_tokens", ""), "cache": meta.cache,
+        })
 

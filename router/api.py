@@ -1,10 +1,12 @@
 """The HTTP surface: OpenAI-compatible chat, tier status and control, health, metrics.
 
 Routes are thin: they parse, call the `Gateway` facade, and turn errors into OpenAI-style
-JSON in one place, so every failure looks the same to a client. The chat route is a plain
-Starlette route (the hot path: no dependency injection, no validation models), reading the
-body chunk by chunk so a body over `max_body_size` is refused as soon as it is, however it
-is sent. Who may call what is decided before any route runs, by `access.Guard`.
+JSON in one place, so every failure looks the same to a client. `Front` is the outermost
+ASGI app: it asks `access.Access` who may call, then sends the chat route (the hot path)
+straight to its handler and everything else to FastAPI, whose per-request machinery
+(telemetry hooks, dependency injection, middleware) showed in the warm path's profile.
+The chat handler reads the body chunk by chunk, so a body over `max_body_size` is refused
+as soon as it is, however it is sent.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hmac
 import logging
 import os
 from contextlib import asynccontextmanager
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -21,9 +24,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .access import Guard
+from .access import Access
 from .errors import BadRequest, NotFound, PayloadTooLarge, StateUnavailable, TiergateError, Unauthorized
 from .gateway import Gateway
+from .proxy import POOL_CLIENT, POOL_TOKEN
 from .request import parse_json_async
 
 log = logging.getLogger("tiergate.api")
@@ -89,7 +93,70 @@ def bearer(request: Request, env: str, what: str) -> None:
         raise Unauthorized(f"{what} needs 'Authorization: Bearer ${env}'")
 
 
-def create_app(gw: Gateway) -> FastAPI:
+CHAT = "/v1/chat/completions"
+
+
+class Front:
+    """The app uvicorn runs: access first, then the chat hot path or FastAPI (`api`, where front-ends mount)."""
+
+    def __init__(self, gw: Gateway, api: FastAPI, pool_token: str = "") -> None:
+        self.gw = gw
+        self.api = api
+        self.access = Access(gw, api)
+        self.pool_token = pool_token.encode()
+
+    @property
+    def state(self) -> object:
+        return self.api.state
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)  # lifespan
+            return
+        if self.pool_token:
+            scope = _from_pool(scope, self.pool_token)
+        who = await self.access.admit(scope)
+        if who is None:
+            await self.access.refuse(send)
+            return
+        if who:
+            scope["tiergate.asker"] = who
+        if scope["path"] == CHAT and scope["method"] == "POST":
+            response = await self.chat(Request(scope, receive))
+            await response(scope, receive, send)
+            return
+        await self.api(scope, receive, send)
+
+    async def chat(self, request: Request) -> Response:
+        """POST /v1/chat/completions."""
+        gw = self.gw
+        try:
+            raw = await read_body(request, gw.cfg.gateway.max_body_size)
+            body = await parse_json_async(raw)  # 400 for bad JSON and for absurd nesting
+            req = await gw.prepare_async(body, len(raw))
+            answer = await gw.answer(req, asker=_asker(request, body))
+        except TiergateError as exc:
+            return error_response(exc)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            return _state_down(exc)
+        headers = answer.meta.headers()
+        if answer.chunks is not None:
+            headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
+            return _Stream(answer.chunks, media_type="text/event-stream", headers=headers)
+        return Response(orjson.dumps(answer.response), media_type="application/json", headers=headers)
+
+
+def _from_pool(scope: dict, token: bytes) -> dict:
+    """In a pool's UI process: take the client address another gateway process passed on, if its token is right."""
+    headers = scope.get("headers") or []
+    given = dict(headers)
+    scope["headers"] = [(k, v) for k, v in headers if k not in (POOL_TOKEN, POOL_CLIENT)]
+    if given.get(POOL_TOKEN) == token:
+        scope["client"] = (given.get(POOL_CLIENT, b"").decode(), 0)
+    return scope
+
+
+def create_app(gw: Gateway, pool_token: str = "") -> Front:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await gw.start()
@@ -111,25 +178,6 @@ def create_app(gw: Gateway) -> FastAPI:
 
     for kind in (RedisConnectionError, RedisTimeoutError):
         app.add_exception_handler(kind, lambda request, exc: _state_down(exc))
-
-    async def chat(request: Request) -> Response:
-        """POST /v1/chat/completions: the hot path."""
-        try:
-            raw = await read_body(request, gw.cfg.gateway.max_body_size)
-            body = await parse_json_async(raw)  # 400 for bad JSON and for absurd nesting
-            req = await gw.prepare_async(body, len(raw))
-            answer = await gw.answer(req, asker=_asker(request, body))
-        except TiergateError as exc:
-            return error_response(exc)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            return _state_down(exc)
-        headers = answer.meta.headers()
-        if answer.chunks is not None:
-            headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
-            return _Stream(answer.chunks, media_type="text/event-stream", headers=headers)
-        return Response(orjson.dumps(answer.response), media_type="application/json", headers=headers)
-
-    app.add_route("/v1/chat/completions", chat, methods=["POST"])
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -202,5 +250,4 @@ def create_app(gw: Gateway) -> FastAPI:
         body = gw.metrics_text(await gw.status())
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    app.add_middleware(Guard, gateway=gw)
-    return app
+    return Front(gw, app, pool_token)

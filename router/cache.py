@@ -4,7 +4,9 @@ The key is the sha256 of canonical JSON of the tier's model, the messages with e
 image or video replaced by the sha256 of its bytes, and every parameter that changes the
 output. Presenters replay prepared answers from here; pinned entries live in a separate
 store that neither TTL nor the size limit touches. diskcache is SQLite underneath, so
-every call runs in a thread to keep the event loop free.
+every call runs in a thread to keep the event loop free; new answers go to disk through
+one writer thread, many per transaction, after they have been answered (a repeat hits
+the answer in memory meanwhile).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import io
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,10 +65,13 @@ class ResponseCache:
     def __init__(self, cfg: CacheConfig, directory: Path) -> None:
         self.cfg = cfg
         directory.mkdir(parents=True, exist_ok=True)
-        self._cache = diskcache.Cache(str(directory / "answers"), size_limit=cfg.max_size, eviction_policy="least-recently-used")
+        self._cache = diskcache.Cache(str(directory / "answers"), size_limit=cfg.max_size, eviction_policy="least-recently-stored")
         self._pinned = diskcache.Cache(str(directory / "pinned"), size_limit=2**62, eviction_policy="none")
         self._inflight: dict[str, asyncio.Future[Entry | None]] = {}
         self._unwritten: dict[str, Entry] = {}  # answered, on its way to disk: a repeat must already hit
+        self._queue: list[tuple[Entry, list]] = []
+        self._writer: asyncio.Task | None = None
+        self._disk = ThreadPoolExecutor(1, thread_name_prefix="cache-writer")
 
     @property
     def enabled(self) -> bool:
@@ -82,12 +88,37 @@ class ResponseCache:
             return entry
         return await asyncio.to_thread(self._get, key)
 
+    def keep(self, entry: Entry, messages: list) -> None:
+        """Queue a complete, successful answer for disk (its thumbnail is made there, off the event loop)."""
+        self._unwritten[entry.key] = entry
+        self._queue.append((entry, messages))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                await loop.run_in_executor(self._disk, self._write_batch, batch)
+            finally:
+                for entry, _ in batch:
+                    self._unwritten.pop(entry.key, None)
+
+    def _write_batch(self, batch: list[tuple[Entry, list]]) -> None:
+        with self._cache.transact():
+            for entry, messages in batch:
+                entry.thumbnail = thumbnail(messages)
+                self._cache.set(entry.key, entry.__dict__, expire=self.cfg.ttl)
+
+    async def flush(self) -> None:
+        """Wait until every kept answer is on disk (at shutdown: nothing answered is lost)."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
+
     async def put(self, entry: Entry) -> None:
-        """Store a complete, successful answer (callers never pass partial or failed ones)."""
-        try:
-            await asyncio.to_thread(self._cache.set, entry.key, entry.__dict__, expire=self.cfg.ttl)
-        finally:
-            self._unwritten.pop(entry.key, None)
+        """Store an answer now (imports, tests); the answer path uses `keep`."""
+        await asyncio.to_thread(self._cache.set, entry.key, entry.__dict__, expire=self.cfg.ttl)
 
     def leader(self, key: str) -> asyncio.Future[Entry | None] | None:
         return self._inflight.get(key)
@@ -98,9 +129,7 @@ class ResponseCache:
         return fut
 
     def finish(self, key: str, entry: Entry | None) -> None:
-        """End the single flight: followers get `entry` (None: ask again); a kept entry hits at once."""
-        if entry is not None:
-            self._unwritten[key] = entry
+        """End the single flight: followers get `entry` (None: nothing worth keeping, ask again)."""
         fut = self._inflight.pop(key, None)
         if fut is not None and not fut.done():
             fut.set_result(entry)
@@ -176,6 +205,7 @@ class ResponseCache:
         return await asyncio.to_thread(self._import, data)
 
     def close(self) -> None:
+        self._disk.shutdown(wait=True)
         self._cache.close()
         self._pinned.close()
 

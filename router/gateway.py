@@ -73,6 +73,7 @@ class Gateway:
     async def aclose(self) -> None:
         await self.supervisor.stop()
         await self.later.drain()
+        await self.cache.flush()
         await self.lifecycle.shutdown()
         await self.notifier.aclose()
         for b in self.backends.values():

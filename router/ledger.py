@@ -213,11 +213,6 @@ class Ledger:
             pipe.zadd(f"{PREFIX}askers:{tier}", {asker: now})
         await pipe.execute()
 
-    async def answered(self, tier: str, asker: str) -> None:
-        """An asker's answer ended: they may be back soon while their page is open."""
-        if asker:
-            await self.redis.zadd(f"{PREFIX}askers:{tier}", {asker: now_ms()})
-
     async def present(self, askers: Iterable[str]) -> None:
         """These pages are open now (the UI reports its open sessions every few seconds)."""
         until = now_ms() + PRESENCE_TTL_MS
@@ -261,6 +256,18 @@ class Ledger:
         return out
 
     # --- the trace the simulator replays -------------------------------------------------------
+
+    async def account(self, tier: str, cache: str, asker: str, trace: dict[str, object]) -> None:
+        """One answered request, in one round trip: the day's counters, its asker, its trace row."""
+        pipe = self.redis.pipeline(transaction=False)
+        day = f"{PREFIX}day:{tier}:{day_of(now_ms())}"
+        pipe.hincrby(day, "requests", 1)
+        if counter := {"hit": "cache_hits", "miss": "cache_misses"}.get(cache):
+            pipe.hincrby(day, counter, 1)
+        if asker and cache != "hit":
+            pipe.zadd(f"{PREFIX}askers:{tier}", {asker: now_ms()})
+        pipe.xadd(f"{PREFIX}trace", {k: str(v) for k, v in trace.items()}, maxlen=TRACE_LENGTH, approximate=True)
+        await pipe.execute()
 
     async def trace(self, **fields: object) -> None:
         await self.redis.xadd(f"{PREFIX}trace", {k: str(v) for k, v in fields.items()},

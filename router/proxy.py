@@ -4,7 +4,8 @@ Gradio keeps a session's queue in one process's memory, so with `serve --workers
 UI lives in process 0 only. The other processes answer the API themselves and stream
 everything else (pages, uploads, the queue's server-sent events) to process 0 over a
 private unix socket. They add the client's address with a token only the pool knows, so
-process 0 can trust it (login throttling counts per client) and nobody outside can forge it.
+process 0 can trust it (login throttling counts per client) and nobody outside can forge it
+(`api.Front` takes it only with the token, and strips the headers either way).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from starlette.routing import Mount
 
 TOKEN_HEADER = "x-tiergate-pool"
 CLIENT_HEADER = "x-tiergate-client"
+POOL_TOKEN, POOL_CLIENT = TOKEN_HEADER.encode(), CLIENT_HEADER.encode()
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
               "transfer-encoding", "upgrade", "content-length", TOKEN_HEADER, CLIENT_HEADER}
 
@@ -74,21 +76,3 @@ class _Stream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self.body_iterator.aclose()  # type: ignore[attr-defined]
-
-
-class TrustPool:
-    """In process 0: take the client address a pool process passed on, if its token is right."""
-
-    def __init__(self, app: Any, token: str) -> None:
-        self.app = app
-        self.token = token.encode()
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            headers = scope.get("headers") or []
-            given = dict(headers)
-            if given.get(TOKEN_HEADER.encode()) == self.token:
-                client = given.get(CLIENT_HEADER.encode(), b"").decode()
-                scope = {**scope, "client": (client, 0)}
-            scope["headers"] = [(k, v) for k, v in headers if k not in (TOKEN_HEADER.encode(), CLIENT_HEADER.encode())]
-        await self.app(scope, receive, send)

@@ -26,9 +26,7 @@ import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from fastapi import FastAPI
-
-from .api import create_app
+from .api import Front, create_app
 from .config import Config, load_config
 from .gateway import Gateway
 
@@ -40,20 +38,17 @@ def frontends() -> list:
     return [ep.load() for ep in sorted(entry_points(group="tiergate.frontends"), key=lambda ep: ep.name)]
 
 
-def build_app(cfg: Config, *, ui_via: str = "", proxy_token: str = "") -> FastAPI:
+def build_app(cfg: Config, *, ui_via: str = "", pool_token: str = "") -> Front:
     """The API plus the front-ends, or plus a pass-through to the process that serves them (`ui_via`)."""
     gateway = Gateway(cfg)
-    app = create_app(gateway)
+    app = create_app(gateway, pool_token)
     if ui_via:
         from .proxy import mount_proxy
 
-        return mount_proxy(app, ui_via, proxy_token)
+        app.api = mount_proxy(app.api, ui_via, pool_token)
+        return app
     for mount in frontends():
-        app = mount(app, gateway)
-    if proxy_token:
-        from .proxy import TrustPool
-
-        app.add_middleware(TrustPool, token=proxy_token)
+        app.api = mount(app.api, gateway)
     return app
 
 
@@ -148,9 +143,9 @@ def _child(index: int, config_path: str, host: str, port: int, log_level: str, u
         unix.bind(ui_socket)
         os.chmod(ui_socket, 0o600)
         sockets.append(unix)
-        app = build_app(cfg, proxy_token=token)
+        app = build_app(cfg, pool_token=token)
     else:
-        app = build_app(cfg, ui_via=ui_socket, proxy_token=token)
+        app = build_app(cfg, ui_via=ui_socket, pool_token=token)
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, **_server_options()))
     server.run(sockets=sockets)
 

@@ -32,7 +32,7 @@ class InProcessGateway:
         self.cfg = load_config(str(config))
         self.gateway = Gateway(self.cfg)
         self.app = create_app(self.gateway)
-        self._lifespan = self.app.router.lifespan_context(self.app)
+        self._lifespan = self.app.api.router.lifespan_context(self.app.api)
         self.run(self._lifespan.__aenter__())
         self.client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=self.app), base_url="http://gateway.test", timeout=60
