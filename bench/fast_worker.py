@@ -1,11 +1,13 @@
 """An OpenAI-style worker fast enough that a gateway in front of it is the bottleneck.
 
 Plain asyncio on a raw socket (HTTP/1.1 keep-alive, no framework): a canned completion, or
-a stream of `--chunks` SSE events, after an optional `--delay-ms` per request (a model
-that answers in ~1.5 ms). It answers what the gateway needs of a worker: `/health` with
-its identity, `/v1/models`, `POST /v1/chat/completions`. For benchmarks only.
+a stream of `--chunks` SSE events. `--serial-ms 1.5` makes it a busy model instead: it
+works on one request at a time for that long (blocking, as a GPU is busy), so it answers at
+most ~650 requests a second however many wait, and a gateway in front of it must keep up.
+It answers what the gateway needs of a worker: `/health` with its identity, `/v1/models`,
+`POST /v1/chat/completions`. For benchmarks only.
 
-    python bench/fast_worker.py --port 18100 [--delay-ms 1.5] [--chunks 200]
+    python bench/fast_worker.py --port 18100 [--serial-ms 1.5] [--chunks 200]
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import json
 import os
 import socket
+import time
 
 COMPLETION = json.dumps({
     "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",
@@ -33,8 +36,8 @@ def chunk(delta: dict, finish: str | None = None) -> bytes:
 
 
 class Worker(asyncio.Protocol):
-    def __init__(self, delay: float, chunks: int) -> None:
-        self.delay = delay
+    def __init__(self, busy: float, chunks: int) -> None:
+        self.busy = busy
         self.chunks = chunks
         self.buf = b""
         self.transport: asyncio.Transport | None = None
@@ -73,8 +76,8 @@ class Worker(asyncio.Protocol):
             t.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
                     % (len(MODELS), MODELS))
             return
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        if self.busy:
+            time.sleep(self.busy)  # the model is busy: nothing else is answered meanwhile
         stream = b'"stream":true' in body or b'"stream": true' in body
         if not stream:
             t.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
@@ -93,13 +96,13 @@ class Worker(asyncio.Protocol):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--delay-ms", type=float, default=0.0)
+    ap.add_argument("--serial-ms", type=float, default=0.0, help="work on one request at a time for this long")
     ap.add_argument("--chunks", type=int, default=200)
     args = ap.parse_args()
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: Worker(args.delay_ms / 1000, args.chunks), "127.0.0.1", args.port)
+        server = await loop.create_server(lambda: Worker(args.serial_ms / 1000, args.chunks), "127.0.0.1", args.port)
         async with server:
             await server.serve_forever()
 

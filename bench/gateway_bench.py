@@ -82,9 +82,9 @@ url = "{slow}"
     return path
 
 
-def start_worker(port: int, delay_ms: float = 0.0, chunks: int = 200) -> subprocess.Popen:
+def start_worker(port: int, serial_ms: float = 0.0, chunks: int = 200) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fast_worker.py"), "--port", str(port),
-                             "--delay-ms", str(delay_ms), "--chunks", str(chunks)])
+                             "--serial-ms", str(serial_ms), "--chunks", str(chunks)])
     wait_for(lambda: _up(f"http://127.0.0.1:{port}/health"), what="bench worker")
     return proc
 
@@ -222,7 +222,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="tiergate-bench-"))
     fast_port, paced_port = free_port(), free_port()
-    procs = [start_worker(fast_port), start_worker(paced_port, delay_ms=1.5)]
+    procs = [start_worker(fast_port), start_worker(paced_port, serial_ms=1.5)]
     fast, paced = f"http://127.0.0.1:{fast_port}", f"http://127.0.0.1:{paced_port}"
     chat = "/v1/chat/completions"
     try:

@@ -117,7 +117,7 @@ class Answers:
         meta = Meta(tier=entry.tier, gpu=tier.gpu if tier else "", task=req.task, cache="hit", requested_tier=req.tier)
         self.metrics.request(entry.tier, "hit", 0.0)
         self.metrics.cache(req.tier, hit=True)
-        self.later.spawn(self._account(entry.tier, req, meta, arrived, asker, entry.response.get("usage")))
+        self._account(entry.tier, req, meta, arrived, asker, entry.response.get("usage"))
         if req.stream:
             return Answer(meta, chunks=replay(entry.response))
         return Answer(meta, response=entry.response)
@@ -159,7 +159,7 @@ class Answers:
             await self._end(lease, meta, wait=False)
             if key:
                 self._keep(req, key, meta, response)
-            await self.later.later(self._account(lease.tier, req, meta, arrived, asker, response.get("usage")))
+            self._account(lease.tier, req, meta, arrived, asker, response.get("usage"))
             return Answer(meta, response=response)
         raise AssertionError("unreachable")
 
@@ -199,8 +199,7 @@ class Answers:
             if key and not kept:
                 self.cache.finish(key, None)
             await self._end(lease, meta, chunks)
-            usage = reader.usage if reader else None
-            self.later.spawn(self._account(lease.tier, req, meta, arrived, asker, usage))
+            self._account(lease.tier, req, meta, arrived, asker, reader.usage if reader else None)
 
     async def _end(
         self, lease: Lease, meta: Meta, chunks: AsyncIterator[bytes] | None = None, *, wait: bool = True
@@ -234,12 +233,13 @@ class Answers:
         self.cache.keep(entry, req.body.get("messages") or [])
         self.cache.finish(key, entry)
 
-    async def _account(
-        self, tier: str, req: ChatRequest, meta: Meta, arrived: float, asker: str, usage: dict | None
-    ) -> None:
-        """The day's counters, the asker's last answer, one trace row: after the answer went out."""
+    def _account(self, tier: str, req: ChatRequest, meta: Meta, arrived: float, asker: str, usage: dict | None) -> None:
+        """The day's counters, the asker's last answer, one trace row: in memory, written once a second."""
         usage = usage or {}
-        await self.ledger.account(tier, meta.cache, asker, {
+        if meta.cache == "hit":  # no GPU worked: the day's counters, and nothing for the trace the simulator replays
+            self.ledger.account(tier, meta.cache, asker, None)
+            return
+        self.ledger.account(tier, meta.cache, asker, {
             "t": f"{arrived:.3f}", "tier": tier, "task": req.task, "mode": req.mode, "session": asker,
             "duration_s": f"{meta.seconds:.3f}", "prompt_tokens": usage.get("prompt_tokens", ""),
             "output_tokens": usage.get("completion_tokens", ""), "cache": meta.cache,

@@ -95,6 +95,11 @@ class Asker:
 class Ledger:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
+        # Answered requests are counted in memory and written once a second (`flush`): the
+        # answer path does no Redis round trip for bookkeeping (measured: a third of a hit's CPU).
+        self._counts: dict[tuple[str, str], int] = {}
+        self._askers: dict[tuple[str, str], int] = {}
+        self._trace: list[dict[str, str]] = []
 
     async def epoch(self) -> int:
         key = f"{PREFIX}epoch"
@@ -257,17 +262,39 @@ class Ledger:
 
     # --- the trace the simulator replays -------------------------------------------------------
 
-    async def account(self, tier: str, cache: str, asker: str, trace: dict[str, object]) -> None:
-        """One answered request, in one round trip: the day's counters, its asker, its trace row."""
-        pipe = self.redis.pipeline(transaction=False)
-        day = f"{PREFIX}day:{tier}:{day_of(now_ms())}"
-        pipe.hincrby(day, "requests", 1)
+    def account(self, tier: str, cache: str, asker: str, trace: dict[str, object] | None) -> None:
+        """One answered request: the day's counters, its asker, its trace row; written with the next flush."""
+        now = now_ms()
+        day = f"{PREFIX}day:{tier}:{day_of(now)}"
+        self._counts[(day, "requests")] = self._counts.get((day, "requests"), 0) + 1
         if counter := {"hit": "cache_hits", "miss": "cache_misses"}.get(cache):
-            pipe.hincrby(day, counter, 1)
+            self._counts[(day, counter)] = self._counts.get((day, counter), 0) + 1
         if asker and cache != "hit":
-            pipe.zadd(f"{PREFIX}askers:{tier}", {asker: now_ms()})
-        pipe.xadd(f"{PREFIX}trace", {k: str(v) for k, v in trace.items()}, maxlen=TRACE_LENGTH, approximate=True)
-        await pipe.execute()
+            self._askers[(tier, asker)] = now
+        if trace is not None:
+            self._trace.append({k: str(v) for k, v in trace.items()})
+
+    async def flush(self) -> None:
+        """Write what `account` gathered, in one round trip (the supervisor calls this every second)."""
+        if not (self._counts or self._askers or self._trace):
+            return
+        counts, askers, trace = self._counts, self._askers, self._trace
+        self._counts, self._askers, self._trace = {}, {}, []
+        pipe = self.redis.pipeline(transaction=False)
+        for (key, name), n in counts.items():
+            pipe.hincrby(key, name, n)
+        for (tier, asker), at in askers.items():
+            pipe.zadd(f"{PREFIX}askers:{tier}", {asker: at})
+        for row in trace:
+            pipe.xadd(f"{PREFIX}trace", row, maxlen=TRACE_LENGTH, approximate=True)
+        try:
+            await pipe.execute()
+        except Exception:  # Redis away: keep it for the next flush (the trace bounded), then say so
+            for k, n in counts.items():
+                self._counts[k] = self._counts.get(k, 0) + n
+            self._askers = askers | self._askers
+            self._trace = (trace + self._trace)[-TRACE_LENGTH:]
+            raise
 
     async def trace(self, **fields: object) -> None:
         await self.redis.xadd(f"{PREFIX}trace", {k: str(v) for k, v in fields.items()},

@@ -64,21 +64,22 @@ def _server_options() -> dict:
     return opts
 
 
-def serve(cfg: Config, host: str, port: int, log_level: str = "info", workers: int = 1) -> int:
+def serve(cfg: Config, host: str, port: int, log_level: str = "info", workers: int = 1, access_log: bool = False) -> int:
     import uvicorn
 
     print(f"tiergate: config {cfg.path}, {len(cfg.tiers)} tiers; http://{host}:{port}/"
           + (f" ({workers} gateway processes)" if workers > 1 else ""), file=sys.stderr)
     if workers <= 1:
-        uvicorn.run(build_app(cfg), host=host, port=port, log_level=log_level, **_server_options())
+        uvicorn.run(build_app(cfg), host=host, port=port, log_level=log_level, access_log=access_log,
+                    **_server_options())
         return 0
-    return _pool(cfg, host, port, log_level, workers)
+    return _pool(cfg, host, port, log_level, workers, access_log)
 
 
 # --- several gateway processes on one port --------------------------------------------------
 
 
-def _pool(cfg: Config, host: str, port: int, log_level: str, workers: int) -> int:
+def _pool(cfg: Config, host: str, port: int, log_level: str, workers: int, access_log: bool) -> int:
     from .redis_server import open_redis
 
     redis = None
@@ -89,7 +90,7 @@ def _pool(cfg: Config, host: str, port: int, log_level: str, workers: int) -> in
     ui_socket = str(cfg.data_dir() / f"ui-{os.getpid()}.sock")
     token = secrets.token_hex(16)
     ctx = multiprocessing.get_context("spawn")
-    args = (cfg.path, host, port, log_level, ui_socket, token, redis_url)
+    args = (cfg.path, host, port, log_level, access_log, ui_socket, token, redis_url)
     procs = {i: ctx.Process(target=_child, args=(i, *args), name=f"tiergate-{i}") for i in range(workers)}
     stopping = False
 
@@ -126,8 +127,8 @@ def _pool(cfg: Config, host: str, port: int, log_level: str, workers: int) -> in
     return 0
 
 
-def _child(index: int, config_path: str, host: str, port: int, log_level: str, ui_socket: str, token: str,
-           redis_url: str) -> None:
+def _child(index: int, config_path: str, host: str, port: int, log_level: str, access_log: bool, ui_socket: str,
+           token: str, redis_url: str) -> None:
     """One gateway process of the pool; process 0 serves the UI (also on the private socket)."""
     import uvicorn
 
@@ -146,7 +147,7 @@ def _child(index: int, config_path: str, host: str, port: int, log_level: str, u
         app = build_app(cfg, pool_token=token)
     else:
         app = build_app(cfg, ui_via=ui_socket, pool_token=token)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, **_server_options()))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=access_log, **_server_options()))
     server.run(sockets=sockets)
 
 

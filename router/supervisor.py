@@ -4,7 +4,7 @@ For each tier it reads the shared state, asks `decide` what should happen (idle 
 pre-warm starts, boots to give up, scale-out) and hands the actions to the lifecycle,
 which re-checks everything under the tier's lock. It also resumes boots and stops whose
 owner died, compares machines with the shared state at each provider's own cadence, and
-keeps this process's leases alive. Several gateways run it at once; the lock and the
+keeps this process's leases alive and writes its bookkeeping. Several gateways run it at once; the lock and the
 compare-and-swap transitions make that safe, and it is what makes a crash harmless.
 """
 
@@ -42,12 +42,17 @@ class Supervisor:
 
     def start(self) -> None:
         self._loops = [asyncio.create_task(self._loop(self.pass_once, EVERY)),
-                       asyncio.create_task(self._loop(self.leases.heartbeat, HEARTBEAT_EVERY))]
+                       asyncio.create_task(self._loop(self.leases.heartbeat, HEARTBEAT_EVERY)),
+                       asyncio.create_task(self._loop(self.ledger.flush, EVERY))]
 
     async def stop(self) -> None:
         for t in self._loops:
             t.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        try:
+            await self.ledger.flush()  # the last second's bookkeeping
+        except Exception as exc:  # noqa: BLE001 - Redis away at exit: say what is lost
+            log.warning("the last second's request counters were not written: %s", exc)
 
     async def _loop(self, fn: Callable[[], Awaitable[None]], every: float) -> None:
         while True:
