@@ -77,7 +77,7 @@ class Worker(asyncio.Protocol):
                     % (len(MODELS), MODELS))
             return
         if self.busy:
-            time.sleep(self.busy)  # the model is busy: nothing else is answered meanwhile
+            time.sleep(self.busy)  # noqa: ASYNC251 - the model is busy: nothing else is answered meanwhile
         stream = b'"stream":true' in body or b'"stream": true' in body
         if not stream:
             t.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
