@@ -158,9 +158,9 @@ def test_chat_api_refuses_a_server_path_and_says_nothing_about_it(gw: GatewayPro
 
 def test_chat_tab_events_refuse_a_server_path(gw: GatewayProc, raw: RawGradio, secret: Path) -> None:
     value = {"text": "describe", "files": [file_data(str(secret))]}
-    sent = raw.call("add_turn", [value, None], session="tab")
+    sent = raw.call("chat_add_turn", [value, None], session="tab")
     assert sent["success"] is False and "33x44" not in sent["raw"]
-    warmed = raw.call("warm", [value, None, "balanced", "auto", ""], session="tab")
+    warmed = raw.call("chat_warm", [value, None, "balanced", "auto", ""], session="tab")
     assert warmed["success"] is False
     imported = raw.call("presenter_import", [file_data(str(secret)), None, ""], session="tab")
     assert imported["success"] is False and "Not imported" not in imported["raw"]  # its content was never parsed
@@ -295,3 +295,14 @@ def test_public_presenter_opens_browsing_but_not_pinning(gw: GatewayProc, raw: R
         raw.call("admin_save", [None, original], session="adm-public")
     wait_for(lambda: "SECRET" not in raw.call("presenter_list", ["", None], session="anon-after")["raw"],
              what="the presenter to be private again")
+
+
+def test_every_ui_event_says_who_may_call_it(raw: RawGradio) -> None:
+    """The table docs/security.md is made from: no event of the running app may be missing from it."""
+    from ui.access import ACCESS, markdown
+
+    names = {d.get("api_name") or "" for d in raw.deps}
+    assert names - set(ACCESS) == set(), "events without an access rule in ui/access.py"
+    assert set(ACCESS) - names == set(), "access rules for events that do not exist"
+    table = markdown({"dependencies": raw.deps})
+    assert "| `presenter_pin` | private | admin login |" in table and "/ui/export/" in table

@@ -128,13 +128,14 @@ class AdminTab:
                                self.events_timer, self.tier]
         filled = self._filled = [self.code, self.config_path, self.events, *self.cost_outputs()]
         gr.on([self.login_btn.click, self.password.submit], self.login, [self.user, self.password], shown,
-              api_name="admin_login", **api).then(self.load_all, [s], filled, **private)
-        self.logout_btn.click(self.logout, None, shown, **private)
+              api_name="admin_login", **api).then(self.load_all, [s], filled, api_name="admin_load_all", **private)
+        self.logout_btn.click(self.logout, None, shown, api_name="admin_logout", **private)
         self.start_btn.click(self.start, [s, self.tier], [self.tier_msg], api_name="admin_start", **api)
         self.prewarm_btn.click(self.prewarm, [s, self.tier], [self.tier_msg], api_name="admin_prewarm", **api)
         self.stop_btn.click(self.stop, [s, self.tier], [self.tier_msg], api_name="admin_stop", **api)
         self.events_btn.click(self.list_events, [s], [self.events], api_name="admin_events", **api)
-        self.events_timer.tick(self.poll_events, [s], [self.events], show_progress="hidden", **private)
+        self.events_timer.tick(self.poll_events, [s], [self.events], show_progress="hidden",
+                               api_name="admin_poll_events", **private)
         self.validate_btn.click(self.validate, [s, self.code], [self.problems], api_name="admin_validate", **api)
         self.save_btn.click(self.save, [s, self.code], [self.problems, self.tier], api_name="admin_save", **api)
         self.reload_btn.click(self.read_config, [s], [self.code, self.config_path], api_name="admin_config", **api)
@@ -143,8 +144,9 @@ class AdminTab:
 
     def wire_page_load(self, demo: gr.Blocks) -> None:
         """With `require_login`, open the panel for the user Gradio's login page admitted."""
-        demo.load(self.from_gradio_auth, None, self._shown, api_visibility="private").then(
-            self.load_all, [self.session], self._filled, api_visibility="private")
+        demo.load(self.from_gradio_auth, None, self._shown, api_name="admin_from_login_page",
+                  api_visibility="private").then(self.load_all, [self.session], self._filled,
+                                                 api_name="admin_load_all_on_page_load", api_visibility="private")
 
     def _admin(self, session: Any, request: gr.Request) -> str:
         return _admin_user(self.gw.cfg, session, request)

@@ -101,8 +101,10 @@ def build(gw: Gateway, *, limiter: LoginLimiter | None = None, exports: Exports 
         async def refresh() -> str:
             return await status_html(gw)
 
-        timer.tick(refresh, None, status, show_progress="hidden", queue=False, api_visibility="private")
-        demo.load(refresh, None, status, show_progress="hidden", queue=False, api_visibility="private")
+        timer.tick(refresh, None, status, show_progress="hidden", queue=False, api_name="status_tick",
+                   api_visibility="private")
+        demo.load(refresh, None, status, show_progress="hidden", queue=False, api_name="status_load",
+                  api_visibility="private")
         admin.wire_page_load(demo)
     demo.queue(default_concurrency_limit=None)  # the gateway queues per tier itself
     return demo

@@ -170,22 +170,27 @@ class ChatTab:
     def wire(self, demo: gr.Blocks) -> None:
         private: dict[str, Any] = {"api_visibility": "private"}
         send = gr.on([self.input.submit, self.submit_btn.click], self.add_turn, [self.input, self.conv],
-                     [self.chatbot, self.input, self.meta], queue=False, **private)
+                     [self.chatbot, self.input, self.meta], queue=False, api_name="chat_add_turn", **private)
         answering = send.then(self.respond, [self.conv, self.mode, self.task], [self.chatbot, self.meta],
-                              show_progress="hidden", concurrency_limit=None, **private)
-        answering.then(self.unlock, None, [self.input], queue=False, **private)
-        regen = self.regen_btn.click(self.regenerate, [self.conv], [self.chatbot, self.input], queue=False, **private)
+                              show_progress="hidden", concurrency_limit=None, api_name="chat_respond", **private)
+        answering.then(self.unlock, None, [self.input], queue=False, api_name="chat_unlock", **private)
+        regen = self.regen_btn.click(self.regenerate, [self.conv], [self.chatbot, self.input], queue=False,
+                                     api_name="chat_regenerate", **private)
         regenerating = regen.then(self.respond, [self.conv, self.mode, self.task], [self.chatbot, self.meta],
-                                  show_progress="hidden", concurrency_limit=None, **private)
-        regenerating.then(self.unlock, None, [self.input], queue=False, **private)
+                                  show_progress="hidden", concurrency_limit=None, api_name="chat_respond_again",
+                                  **private)
+        regenerating.then(self.unlock, None, [self.input], queue=False, api_name="chat_unlock_again", **private)
         # Stop and clear cancel the running answer themselves (through `sessions`), so Stop can
         # read the tier's queue before this request leaves it; no Gradio `cancels=` needed.
-        self.stop_btn.click(self.stop, [self.conv], [self.chatbot, self.meta, self.input], queue=False, **private)
-        self.clear_btn.click(self.clear, [self.conv], [self.chatbot, self.meta, self.input], queue=False, **private)
+        self.stop_btn.click(self.stop, [self.conv], [self.chatbot, self.meta, self.input], queue=False,
+                            api_name="chat_stop", **private)
+        self.clear_btn.click(self.clear, [self.conv], [self.chatbot, self.meta, self.input], queue=False,
+                             api_name="chat_clear", **private)
         self.chatbot.clear(self.clear_from_icon, [self.conv], [self.chatbot, self.meta, self.input], queue=False,
-                           **private)
+                           api_name="chat_clear_icon", **private)
         self.input.change(self.warm, [self.input, self.conv, self.mode, self.task, self.warmed], [self.warmed],
-                          show_progress="hidden", trigger_mode="always_last", queue=False, **private)
+                          show_progress="hidden", trigger_mode="always_last", queue=False, api_name="chat_warm",
+                          **private)
         demo.unload(self.unload)
 
     # --- handlers -------------------------------------------------------------------------

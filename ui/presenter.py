@@ -158,7 +158,8 @@ class PresenterTab:
                            **private)
         c = self.chat
         self.replay_btn.click(self.replay, [self.selected, c.conv, s], [c.chatbot, c.meta, tabs, self.message],
-                              api_name="presenter_replay", **private).then(None, js=SCROLL_CHAT_JS, **private)
+                              api_name="presenter_replay", **private).then(None, js=SCROLL_CHAT_JS,
+                                                                            api_name="presenter_scroll_chat", **private)
         self.export_pinned_btn.click(self.export_pinned, [s], [self.export_link, self.message],
                                      api_name="presenter_export_pinned", **private)
         self.export_all_btn.click(self.export_shown, [self.keys, s], [self.export_link, self.message],
