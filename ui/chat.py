@@ -307,6 +307,11 @@ class ChatTab:
         """Cancel the answer in flight and say what that did to the GPU (see `fmt.stop_note`)."""
         session = request.session_hash or ""
         run = self.runs.get(session)
+        last = conv.turns[-1] if conv.turns else None
+        if run is None and last is not None and status_of(last) in RUNNING:
+            # its answering event never ran (the page's connection dropped in between): unstick it
+            last.update(stopped=True, stop_note=fmt.stop_note("preparing", "", "", 0, None))
+            return render(conv.turns), stopped_html(last["stop_note"]), gr.MultimodalTextbox(interactive=True)
         if run is None or run.turn.get("stopped") or status_of(run.turn) not in RUNNING:
             return render(conv.turns), gr.skip(), gr.MultimodalTextbox(interactive=True)
         note = await self._stop_note(run)  # before cancelling: this request still counts in the queue
