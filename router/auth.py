@@ -6,7 +6,9 @@ source address and per user name, so every gateway sharing that Redis counts tog
 after `FREE_FAILURES` failures, each further one locks that source and that name out for
 twice as long as the one before (1 s, 2 s, 4 s ... up to `MAX_LOCKOUT`). A locked-out
 attempt is refused without looking at the password at all, so guessing during a lockout
-gains nothing (a right password is refused too). Failures are logged with the user name
+gains nothing (a right password is refused too); so is an attempt made while another one
+for the same source or name is still being checked, so parallel guesses cannot outrun
+the count. Failures are logged with the user name
 and the source, never the password.
 
 Use it for any credential check (the UI's login page and admin tab here; the admin API's
@@ -35,6 +37,7 @@ FREE_FAILURES = 5  # failures allowed before the back-off starts
 FIRST_LOCKOUT = 1.0  # seconds, doubled with every further failure
 MAX_LOCKOUT = 900.0
 FORGET_AFTER = 3600.0  # a source or name with no failure for this long starts from zero again
+BUSY_TIMEOUT = 30.0  # a check in progress holds its source and name at most this long (if its gateway dies)
 PREFIX = "tg:login:"
 _DUMMY_HASH = f"pbkdf2_sha256${ITERATIONS}${'00' * 16}${'00' * 32}"
 
@@ -135,6 +138,27 @@ for _, key in ipairs(KEYS) do
 end
 return tostring(wait)
 """
+# The gate of an attempt: refused while locked out, or while another attempt for the same
+# source or name is being checked (a burst of parallel guesses would otherwise all pass the
+# gate before the first failure is counted). Returns the wait in seconds, or -1 when busy.
+_BEGIN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local n = #KEYS / 2
+local wait = 0
+for i = 1, n do
+  local untl = tonumber(redis.call('HGET', KEYS[i], 'until') or '0')
+  if untl - now > wait then wait = untl - now end
+end
+if wait > 0 then return tostring(wait) end
+for i = n + 1, #KEYS do
+  if not redis.call('SET', KEYS[i], '1', 'NX', 'PX', ARGV[1]) then
+    for j = n + 1, i - 1 do redis.call('DEL', KEYS[j]) end
+    return '-1'
+  end
+end
+return '0'
+"""
 _FAILED = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -196,16 +220,28 @@ class LoginLimiter:
         await self.redis.delete(self.keys(source, user)[1])
 
     async def attempt(self, source: str, user: str, check: Callable[[], Awaitable[bool]]) -> bool:
-        """Run `check` unless locked out (then raise `Throttled` without running it); count the outcome."""
-        wait = await self.retry_after(source, user)
+        """Run `check` unless locked out (then raise `Throttled` without running it); count the outcome.
+
+        One attempt per source and per name is checked at a time: a parallel one is refused
+        (retry in a second), so a burst of guesses cannot slip past the count.
+        """
+        keys = self.keys(source, user)
+        busy = [k.replace(":src:", ":busy:src:").replace(":user:", ":busy:user:") for k in keys]
+        wait = float(await self.redis.eval(_BEGIN, 4, *keys, *busy, int(BUSY_TIMEOUT * 1000)))
+        if wait < 0:
+            log.warning("parallel login attempt for user %r from %s refused", (user or "")[:64], source)
+            raise Throttled(1)
         if wait > 0:
             raise Throttled(wait)
-        ok = await check()
-        if ok:
-            await self.succeeded(source, user)
-        else:
-            await self.failed(source, user)
-        return ok
+        try:
+            ok = await check()
+            if ok:
+                await self.succeeded(source, user)
+            else:
+                await self.failed(source, user)
+            return ok
+        finally:
+            await self.redis.delete(*busy)  # cancelled meanwhile: the slots still expire after BUSY_TIMEOUT
 
     async def login(self, cfg: Config, source: str, user: str, password: str) -> str | None:
         """The role of a valid login, or None; `Throttled` when this source or name is locked out.

@@ -256,3 +256,32 @@ def test_the_limit_lifts_after_the_lockout(gw: GatewayProc, counters: None) -> N
     assert gradio_login(gw, "admin", TOKEN).status_code == 429
     wait_for(lambda: gradio_login(gw, "admin", TOKEN).status_code == 200, timeout=15, interval=0.3,
              what="the one-second lockout to pass")
+
+
+def test_parallel_guesses_are_checked_one_at_a_time(make) -> None:
+    """A burst of guesses must not all pass the gate before the first failure is counted."""
+
+    async def body() -> None:
+        limiter = make()
+        checked = 0
+
+        async def slow_wrong() -> bool:
+            nonlocal checked
+            checked += 1
+            await asyncio.sleep(0.2)  # a password check takes a while
+            return False
+
+        async def guess() -> str:
+            try:
+                await limiter.attempt("10.7.0.1", "admin", slow_wrong)
+                return "checked"
+            except Throttled:
+                return "refused"
+
+        outcomes = await asyncio.gather(*(guess() for _ in range(40)))
+        assert checked == outcomes.count("checked") == 1 and outcomes.count("refused") == 39
+        for _ in range(4):  # one after another, the free failures run out as usual
+            await limiter.attempt("10.7.0.1", "admin", slow_wrong)
+        assert checked == 5 and await limiter.retry_after("10.7.0.1", "admin") > 0
+
+    run(body)
