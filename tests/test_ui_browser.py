@@ -27,7 +27,7 @@ from PIL import Image
 from tests.conftest import GatewayProc, start_gateway, tier_toml, wait_for, worker_command, write_config
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, BrowserContext, Page
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -73,8 +73,11 @@ def browser(gw: GatewayProc) -> Iterator[Browser]:
         b.close()
 
 
-def open_page(browser: Browser, gw: GatewayProc) -> Page:
-    pg = browser.new_page(viewport={"width": 1300, "height": 1000}, accept_downloads=True)
+def open_page(browser: Browser | BrowserContext, gw: GatewayProc) -> Page:
+    if hasattr(browser, "contexts"):  # a Browser: the page gets a context of its own
+        pg = browser.new_page(viewport={"width": 1300, "height": 1000}, accept_downloads=True)
+    else:
+        pg = browser.new_page()
     pg.set_default_timeout(LONG)
     pg.goto(gw.url + "/")
     pg.wait_for_selector("#chatbot")
@@ -280,12 +283,15 @@ def test_04a_stop_while_the_gpu_boots_says_what_happens(page: Page, gw: GatewayP
 
 
 def test_04b_closing_the_page_while_the_gpu_boots_holds_nothing(browser: Browser, gw: GatewayProc) -> None:
-    other = open_page(browser, gw)
+    """As in the issue: a second browser window, closed about 2 s into "Starting the ... tier"."""
+    window = browser.new_context(viewport={"width": 1300, "height": 1000})
+    other = open_page(window, gw)
     pick_task(other, "Document")  # the slow tier: 8 s of boot to close the page in
     send(other, "Read this contract, then I close the tab.")
     wait_text(other, "#chatbot", "Starting the")
+    wait_text(other, "#chatbot", "2 s elapsed")
     assert gw.tiers()[SLOW]["queued"] == 1
-    other.close()
+    window.close()
     wait_for(lambda: gw.tiers()[SLOW]["queued"] == 0, timeout=30, what="the closed page's request to leave the queue")
     assert gw.tiers()[SLOW]["state"] != "ready", "the request stayed queued until the boot finished"
     wait_for(lambda: gw.tiers()[SLOW]["state"] != "starting", timeout=30, what="the boot to end")
@@ -293,12 +299,13 @@ def test_04b_closing_the_page_while_the_gpu_boots_holds_nothing(browser: Browser
 
 
 def test_04c_closing_the_page_mid_answer_releases_the_gpu(browser: Browser, gw: GatewayProc) -> None:
-    other = open_page(browser, gw)
+    window = browser.new_context(viewport={"width": 1300, "height": 1000})
+    other = open_page(window, gw)
     pick_task(other, "Document")  # 4 tokens a second: the answer would stream for a quarter of a minute
     send(other, "Read this long contract aloud, then I close the tab.")
     wait_for(lambda: "simulated worker" in last_bot(other), timeout=LONG / 1000, what="the answer to stream")
     assert gw.tiers()[SLOW]["inflight"] == 1
-    other.close()
+    window.close()
     wait_for(lambda: gw.tiers()[SLOW]["inflight"] == 0, timeout=8, what="the lease to be released before the answer ends")
     wait_for(lambda: counting_down(gw, SLOW), timeout=20, what="the idle clock to run")
 
