@@ -256,7 +256,7 @@ async def stream_answer(
         yield Update("done", text=text, meta=answer.meta)
     finally:
         if not task.done():
-            task.cancel()  # Stop pressed while waiting: leave the queue; the tier boots on for others
+            task.cancel()  # cancelled while waiting (Stop, a clear, the page gone): leave the boot queue
             with contextlib.suppress(BaseException):
                 await task
         elif chunks is None and not task.cancelled() and task.exception() is None:
@@ -305,9 +305,6 @@ class Sessions:
                     self._tasks.pop(session, None)
 
         task.add_done_callback(forget)
-
-    def running(self, session: str) -> int:
-        return len(self._tasks.get(session, ()))
 
     async def cancel(self, session: str, why: str) -> int:
         """Cancel the session's work and wait (briefly) until its cleanup has released what it held."""
