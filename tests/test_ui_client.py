@@ -38,7 +38,9 @@ def gw(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Gat
     config = write_config(tmp, tiers, routing=routing)
     proc = start_gateway(config, redis_url=redis_url, env={"TIERGATE_ADMIN_TOKEN": TOKEN})
     yield proc
-    proc.stop()
+    # Not SIGTERM: every gradio_client keeps a heartbeat stream open and notices close() only at
+    # the next heartbeat, so a graceful stop waits 15 s for them; its workers die with it anyway.
+    proc.kill()
 
 
 @pytest.fixture(scope="module")
