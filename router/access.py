@@ -24,7 +24,8 @@ from typing import Any
 import orjson
 
 from .apikeys import verify_api_key
-from .errors import Unauthorized
+from .auth import LoginLimiter, Throttled
+from .errors import TiergateError, TooManyAttempts, Unauthorized
 
 PUBLIC = re.compile(r"^/healthz/?$|^/api/instances/[^/]+/ready/?$")
 GUARDED = re.compile(r"^/(v1|api)(/|$)|^/metrics/?$|^/openapi\.json$")
@@ -72,11 +73,11 @@ class Access:
         auth = headers.get(b"authorization", b"").decode("latin-1")
         if auth.startswith("Bearer "):
             token = auth[7:].strip()
-            admin = os.environ.get("TIERGATE_ADMIN_TOKEN", "")
-            if admin and hmac.compare_digest(token.encode(), admin.encode()):
-                return "admin"
             if verify_api_key(token, self.gw.cfg.api_key_hashes()):  # microseconds: keys are random, not stretched
                 return f"key:{hashlib.sha256(token.encode()).hexdigest()[:12]}"
+            client = scope.get("client")
+            if await token_ok(self.gw.logins, client[0] if client else "", "TIERGATE_ADMIN_TOKEN", token):
+                return "admin"
             return None
         check: SessionCheck | None = getattr(self.api.state, "session_check", None)
         if check is not None and (user := check(_cookies(headers.get(b"cookie", b"")))):
@@ -84,12 +85,32 @@ class Access:
         return None
 
     @staticmethod
-    async def refuse(send: Any) -> None:
-        err = Unauthorized("this gateway requires a credential: 'Authorization: Bearer <API key>' "
-                           "(see [gateway] api_keys), or log in to the UI", code="missing_credential")
-        headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]
+    async def refuse(send: Any, retry_after: int = 0) -> None:
+        if retry_after:
+            err: TiergateError = TooManyAttempts(f"too many wrong credentials from here; try again in {retry_after} s",
+                                                 headers={"Retry-After": str(retry_after)})
+        else:
+            err = Unauthorized("this gateway requires a credential: 'Authorization: Bearer <API key>' "
+                               "(see [gateway] api_keys), or log in to the UI", code="missing_credential",
+                               headers={"WWW-Authenticate": "Bearer"})
+        headers = [(b"content-type", b"application/json")] + [(k.lower().encode(), v.encode())
+                                                               for k, v in err.headers.items()]
         await send({"type": "http.response.start", "status": err.status, "headers": headers})
         await send({"type": "http.response.body", "body": orjson.dumps(err.body())})
+
+
+async def token_ok(limiter: LoginLimiter, source: str, env: str, given: str) -> bool:
+    """Is `given` the secret in `$env`? Guesses count like failed logins (`Throttled` once locked out)."""
+    expected = os.environ.get(env, "")
+    if not expected:
+        return False
+    if await limiter.retry_after(source, env) > 0:  # locked out: not even compared
+        raise Throttled(await limiter.retry_after(source, env))
+    if hmac.compare_digest(given.encode(), expected.encode()):
+        return True
+    if given:
+        await limiter.failed(source, env)
+    return False
 
 
 def _cookies(raw: bytes) -> dict[str, str]:

@@ -24,8 +24,17 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .access import Access
-from .errors import BadRequest, NotFound, PayloadTooLarge, StateUnavailable, TiergateError, Unauthorized
+from .access import Access, token_ok
+from .auth import Throttled
+from .errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    StateUnavailable,
+    TiergateError,
+    TooManyAttempts,
+    Unauthorized,
+)
 from .gateway import Gateway
 from .proxy import POOL_CLIENT, POOL_TOKEN
 from .request import parse_json_async
@@ -83,13 +92,17 @@ def is_admin(request: Request) -> bool:
     return bool(expected) and hmac.compare_digest(given.encode(), f"Bearer {expected}".encode())
 
 
-def bearer(request: Request, env: str, what: str) -> None:
-    """Constant-time check of `Authorization: Bearer $ENV`; an unset token disables the route."""
-    expected = os.environ.get(env, "")
-    if not expected:
+async def bearer(gw: Gateway, request: Request, env: str, what: str) -> None:
+    """`Authorization: Bearer $ENV`, compared in constant time, guesses throttled like failed logins."""
+    if not os.environ.get(env, ""):
         raise Unauthorized(f"{what} is disabled: set {env} on the gateway")
-    given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    try:
+        ok = await token_ok(gw.logins, request.client.host if request.client else "", env, given)
+    except Throttled as exc:
+        raise TooManyAttempts(f"too many wrong tokens from here; try again in {exc.retry_after} s",
+                              headers={"Retry-After": str(exc.retry_after)}) from None
+    if not ok:
         raise Unauthorized(f"{what} needs 'Authorization: Bearer ${env}'")
 
 
@@ -115,7 +128,11 @@ class Front:
             return
         if self.pool_token:
             scope = _from_pool(scope, self.pool_token)
-        who = await self.access.admit(scope)
+        try:
+            who = await self.access.admit(scope)
+        except Throttled as exc:
+            await self.access.refuse(send, exc.retry_after)
+            return
         if who is None:
             await self.access.refuse(send)
             return
@@ -201,7 +218,7 @@ def create_app(gw: Gateway, pool_token: str = "") -> Front:
     @app.post("/api/tiers/{name}/{action}")
     async def tier_action(name: str, action: str, request: Request) -> dict:
         """Admin start or stop of a tier (start returns `starting` while the boot goes on)."""
-        bearer(request, "TIERGATE_ADMIN_TOKEN", "the admin API")
+        await bearer(gw, request, "TIERGATE_ADMIN_TOKEN", "the admin API")
         actor = f"admin API from {request.client.host if request.client else '?'}"
         if action == "start":
             state = await gw.start_tier(name, actor=actor)
@@ -213,25 +230,25 @@ def create_app(gw: Gateway, pool_token: str = "") -> Front:
 
     @app.post("/api/instances/{instance_id}/ready")
     async def instance_ready(instance_id: str, request: Request) -> dict:
-        bearer(request, "TIERGATE_CALLBACK_TOKEN", "the ready callback")
+        await bearer(gw, request, "TIERGATE_CALLBACK_TOKEN", "the ready callback")
         if not await gw.instance_ready(instance_id):
             raise NotFound(f"no instance {instance_id!r} in the config")
         return {"instance": instance_id, "ok": True}
 
     @app.get("/api/events")
     async def events(request: Request, count: int = 100) -> dict:
-        bearer(request, "TIERGATE_ADMIN_TOKEN", "the admin API")
+        await bearer(gw, request, "TIERGATE_ADMIN_TOKEN", "the admin API")
         return {"events": await gw.events(min(max(count, 1), 1000))}
 
     @app.get("/api/config")
     async def get_config(request: Request) -> Response:
-        bearer(request, "TIERGATE_ADMIN_TOKEN", "the admin API")
+        await bearer(gw, request, "TIERGATE_ADMIN_TOKEN", "the admin API")
         return Response(await gw.config_text(), media_type="application/toml")
 
     @app.put("/api/config")
     async def put_config(request: Request) -> dict:
         """Validate, save atomically (keeping a backup) and hot-reload; nothing is written on errors."""
-        bearer(request, "TIERGATE_ADMIN_TOKEN", "the admin API")
+        await bearer(gw, request, "TIERGATE_ADMIN_TOKEN", "the admin API")
         text = (await read_body(request, 1024 * 1024)).decode("utf-8", errors="replace")
         problems = await gw.save_config(text)
         if problems:

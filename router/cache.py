@@ -211,24 +211,52 @@ class ResponseCache:
 
 
 def thumbnail(messages: list[dict]) -> str:
-    """A small JPEG of the first data: image in the conversation, as a data: URL (or '')."""
+    """A small JPEG of the first data: image (or a video's first frame) in the conversation, as a data: URL (or '')."""
     for msg in messages:
         content = msg.get("content")
         if not isinstance(content, list):
             continue
         for part in content:
             url = _image_url(part)
-            if url and url.startswith("data:") and ";base64," in url:
+            video = "" if url else _video_url(part)
+            if (url or video).startswith("data:") and ";base64," in (url or video):
                 try:
-                    from PIL import Image
-
-                    img = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+                    data = base64.b64decode((url or video).split(",", 1)[1])
+                    img = _first_frame(data) if video else _open_image(data)
                     img.thumbnail((160, 160))
                     buf = io.BytesIO()
                     img.convert("RGB").save(buf, "JPEG", quality=80)
                     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
                 except Exception:  # noqa: BLE001 - a thumbnail is a nicety
                     return ""
+    return ""
+
+
+def _open_image(data: bytes) -> Any:
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data))
+
+
+def _first_frame(data: bytes) -> Any:
+    """The first decodable frame of a video (PyAV decodes only up to it)."""
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        for frame in container.decode(video=0):
+            return frame.to_image()
+    raise ValueError("no video frame")
+
+
+def _video_url(part: Any) -> str:
+    if not isinstance(part, dict):
+        return ""
+    if part.get("type") == "video_url":
+        v = part.get("video_url")
+        return v.get("url", "") if isinstance(v, dict) else str(v or "")
+    if part.get("type") == "video":
+        v = part.get("video")
+        return str(v or "") if not isinstance(v, dict) else str(v.get("url", ""))
     return ""
 
 

@@ -69,6 +69,14 @@ class Unauthorized(TiergateError):
     code = "unauthorized"
 
 
+class TooManyAttempts(TiergateError):
+    """Too many wrong passwords or tokens from one source: it must wait (`Retry-After`)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "too_many_attempts"
+
+
 class QueueFull(TiergateError):
     """The tier's wait queue is at `max_queue`; the client should retry later."""
 

@@ -20,6 +20,7 @@ from . import request
 from . import status as status_mod
 from .admission import Admission, Progress, ProgressFn
 from .answer import Answer, Answers, Meta
+from .auth import LoginLimiter
 from .backends.base import Backend
 from .background import Background
 from .cache import Entry, ResponseCache
@@ -48,6 +49,7 @@ class Gateway:
         self.metrics = Metrics()
         self.later = Background()
         self.redis: RedisHandle | None = None
+        self.logins = LoginLimiter(lambda: self.state.redis)  # failed logins, counted with every gateway
 
     # --- assembling and tearing down ----------------------------------------------------
 

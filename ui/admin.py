@@ -1,7 +1,8 @@
 """The admin tab: config editing with validation, tier start/stop, the event log, the cost dashboard.
 
 Every handler here calls `require_admin` before doing anything, so hiding the panel is
-only for looks. The handlers are reachable from scripts too (gradio_client, api names
+only for looks. The login is limited like every login (`router.auth.LoginLimiter`): per
+source address and per user name, counted in Redis. The handlers are reachable from scripts too (gradio_client, api names
 `/admin_*`, undocumented): log in with `/admin_login` first, in the same client session.
 """
 
@@ -18,13 +19,16 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from router.auth import LoginLimiter, Throttled
 from router.config import PACKAGED_CONFIG, ConfigError, parse_config
 from router.errors import TiergateError
 from router.gateway import Gateway
 
 from . import dashboard
 from . import format as fmt
-from .session import admin_user, login, require_admin
+from .session import admin_user as _admin_user
+from .session import client_address, identity, login
+from .session import require_admin as _require_admin
 
 log = logging.getLogger("tiergate.ui")
 
@@ -51,15 +55,17 @@ def events_frame(events: list[dict]) -> pd.DataFrame:
 
 
 class AdminTab:
-    def __init__(self, gateway: Gateway, session: gr.State) -> None:
+    def __init__(self, gateway: Gateway, session: gr.State, limiter: LoginLimiter) -> None:
         self.gw = gateway
         self.session = session
+        self.limiter = limiter
         self._bg: set[asyncio.Task] = set()
 
     def build(self) -> None:
         with gr.Column(visible=True, elem_id="admin-login") as self.login_box:
-            gr.Markdown("### 🔒 Admin login 管理员登录\nUsers from `[admin]` in tiers.toml, or `admin` with "
-                        "`$TIERGATE_ADMIN_TOKEN` as password.")
+            gr.Markdown("### 🔒 Login 登录\nAdmins and presenters from `[admin] users` in tiers.toml, or `admin` with "
+                        "`$TIERGATE_ADMIN_TOKEN` as password. A presenter login opens every cached answer on the "
+                        "Presenter tab. 管理员与演示者登录。")
             with gr.Row():
                 self.user = gr.Textbox(label="User 用户名", value="admin", elem_id="admin-user")
                 self.password = gr.Textbox(label="Password 密码", type="password", elem_id="admin-password")
@@ -122,13 +128,14 @@ class AdminTab:
                                self.events_timer, self.tier]
         filled = self._filled = [self.code, self.config_path, self.events, *self.cost_outputs()]
         gr.on([self.login_btn.click, self.password.submit], self.login, [self.user, self.password], shown,
-              api_name="admin_login", **api).then(self.load_all, [s], filled, **private)
-        self.logout_btn.click(self.logout, None, shown, **private)
+              api_name="admin_login", **api).then(self.load_all, [s], filled, api_name="admin_load_all", **private)
+        self.logout_btn.click(self.logout, None, shown, api_name="admin_logout", **private)
         self.start_btn.click(self.start, [s, self.tier], [self.tier_msg], api_name="admin_start", **api)
         self.prewarm_btn.click(self.prewarm, [s, self.tier], [self.tier_msg], api_name="admin_prewarm", **api)
         self.stop_btn.click(self.stop, [s, self.tier], [self.tier_msg], api_name="admin_stop", **api)
         self.events_btn.click(self.list_events, [s], [self.events], api_name="admin_events", **api)
-        self.events_timer.tick(self.poll_events, [s], [self.events], show_progress="hidden", **private)
+        self.events_timer.tick(self.poll_events, [s], [self.events], show_progress="hidden",
+                               api_name="admin_poll_events", **private)
         self.validate_btn.click(self.validate, [s, self.code], [self.problems], api_name="admin_validate", **api)
         self.save_btn.click(self.save, [s, self.code], [self.problems, self.tier], api_name="admin_save", **api)
         self.reload_btn.click(self.read_config, [s], [self.code, self.config_path], api_name="admin_config", **api)
@@ -137,27 +144,47 @@ class AdminTab:
 
     def wire_page_load(self, demo: gr.Blocks) -> None:
         """With `require_login`, open the panel for the user Gradio's login page admitted."""
-        demo.load(self.from_gradio_auth, None, self._shown, api_visibility="private").then(
-            self.load_all, [self.session], self._filled, api_visibility="private")
+        demo.load(self.from_gradio_auth, None, self._shown, api_name="admin_from_login_page",
+                  api_visibility="private").then(self.load_all, [self.session], self._filled,
+                                                 api_name="admin_load_all_on_page_load", api_visibility="private")
+
+    def _admin(self, session: Any, request: gr.Request) -> str:
+        return _admin_user(self.gw.cfg, session, request)
+
+    def _require(self, session: Any, request: gr.Request) -> str:
+        return _require_admin(self.gw.cfg, session, request)
 
     def cost_outputs(self) -> list:
         return [self.summary, self.hours_plot, self.cost_plot, self.starts_plot, self.saving_plot, self.hits_plot]
 
     # --- login ----------------------------------------------------------------------------
 
-    async def login(self, user: str, password: str) -> tuple:
-        session = await login(self.gw.cfg, user, password)
+    async def login(self, user: str, password: str, request: gr.Request) -> tuple:
+        try:
+            session = await login(self.limiter, self.gw.cfg, user, password, client_address(request))
+        except Throttled as exc:
+            return self._login_message(None, f"⏳ Too many failed logins: try again in {exc.retry_after} s. "
+                                             f"登录失败次数过多，请 {exc.retry_after} 秒后再试。")
         if session is None:
-            return (None, gr.skip(), gr.skip(), gr.skip(), "❌ Wrong user or password.", "", gr.skip(), gr.skip())
+            return self._login_message(None, "❌ Wrong user or password. 用户名或密码错误。")
+        if session["role"] != "admin":
+            return self._login_message(session, f"✅ Logged in as **{fmt.esc(session['user'])}** (presenter): the "
+                                                "Presenter tab now shows every cached answer. Admin tools need an "
+                                                "admin login. 已以演示者身份登录。")
         return (session, gr.Column(visible=False), gr.Column(visible=True), f"Logged in as **{fmt.esc(session['user'])}**",
                 "", "", gr.Timer(active=True), gr.Dropdown(choices=list(self.gw.cfg.tiers)))
 
+    @staticmethod
+    def _login_message(session: dict | None, message: str) -> tuple:
+        """The panel stays closed: only the session and the message under the login box change."""
+        return (session, gr.skip(), gr.skip(), gr.skip(), message, "", gr.skip(), gr.skip())
+
     async def from_gradio_auth(self, request: gr.Request) -> tuple:
         """With `require_login`, Gradio's login page already admitted an admin: open the panel."""
-        user = admin_user(None, request)
-        if not user:
+        user, role = identity(self.gw.cfg, None, request)
+        if role != "admin":
             return (gr.skip(),) * 8
-        return ({"user": user, "at": time.time()}, gr.Column(visible=False), gr.Column(visible=True),
+        return ({"user": user, "role": role, "at": time.time()}, gr.Column(visible=False), gr.Column(visible=True),
                 f"Logged in as **{fmt.esc(user)}**", "", "", gr.Timer(active=True), gr.skip())
 
     def logout(self) -> tuple:
@@ -166,7 +193,7 @@ class AdminTab:
 
     async def load_all(self, session: Any, request: gr.Request) -> tuple:
         """After a login: fill the editor, the event log and the dashboard in one go."""
-        if not admin_user(session, request):
+        if not self._admin(session, request):
             return (gr.skip(),) * (3 + len(self.cost_outputs()))
         code, path = await self.read_config(session, request)
         return (code, path, await self.list_events(session, request), *await self.costs(session, 7, request))
@@ -179,7 +206,7 @@ class AdminTab:
         return name
 
     async def start(self, session: Any, tier: str, request: gr.Request) -> str:
-        user = require_admin(session, request)
+        user = self._require(session, request)
         tier = self._tier(tier)
         task = asyncio.create_task(self.gw.start_tier(tier, actor=f"{user} (UI)"))
         self._bg.add(task)
@@ -191,13 +218,13 @@ class AdminTab:
         return f"▶ Start of **{tier}** requested; it is **{state}** (watch the status table)."
 
     async def prewarm(self, session: Any, tier: str, request: gr.Request) -> str:
-        user = require_admin(session, request)
+        user = self._require(session, request)
         tier = self._tier(tier)
         await self.gw.prewarm(tier, actor=f"{user} (UI)")
         return f"🔥 Pre-warming **{tier}**: it boots now and idles out as usual if nobody uses it."
 
     async def stop(self, session: Any, tier: str, request: gr.Request) -> str:
-        user = require_admin(session, request)
+        user = self._require(session, request)
         tier = self._tier(tier)
         try:
             state = await self.gw.stop_tier(tier, actor=f"{user} (UI)")
@@ -213,18 +240,18 @@ class AdminTab:
     # --- events ---------------------------------------------------------------------------
 
     async def list_events(self, session: Any, request: gr.Request) -> pd.DataFrame:
-        require_admin(session, request)
+        self._require(session, request)
         return events_frame(await self.gw.events(200))
 
     async def poll_events(self, session: Any, request: gr.Request) -> Any:
-        if not admin_user(session, request):
+        if not self._admin(session, request):
             return gr.skip()  # the timer of a logged-out page: nothing to show, no error toast
         return events_frame(await self.gw.events(200))
 
     # --- config ---------------------------------------------------------------------------
 
     async def read_config(self, session: Any, request: gr.Request) -> tuple[str, str]:
-        require_admin(session, request)
+        self._require(session, request)
         path = Path(self.gw.cfg.path or PACKAGED_CONFIG)
         text = await asyncio.to_thread(path.read_text, encoding="utf-8")
         where = f"Editing `{path}`"
@@ -233,7 +260,7 @@ class AdminTab:
         return text, where + ". Validate checks it without saving; Save keeps a `.bak` and hot-reloads."
 
     async def validate(self, session: Any, text: str, request: gr.Request) -> str:
-        require_admin(session, request)
+        self._require(session, request)
         try:
             cfg = await asyncio.to_thread(parse_config, text or "", self.gw.cfg.path or "tiers.toml")
         except ConfigError as exc:
@@ -241,7 +268,7 @@ class AdminTab:
         return f"✅ Valid: {len(cfg.tiers)} tier(s), {len(cfg.routing.tasks)} routed task(s). Not saved yet."
 
     async def save(self, session: Any, text: str, request: gr.Request) -> tuple:
-        user = require_admin(session, request)
+        user = self._require(session, request)
         problems = await self.gw.save_config(text or "")
         if problems:
             return problems_md(problems), gr.skip()
@@ -253,6 +280,6 @@ class AdminTab:
     # --- costs ----------------------------------------------------------------------------
 
     async def costs(self, session: Any, days: int, request: gr.Request) -> tuple:
-        require_admin(session, request)
+        self._require(session, request)
         df = await dashboard.daily(self.gw, int(days or 7))
         return dashboard.summary(df), df, df, df, df, df

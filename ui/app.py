@@ -1,27 +1,38 @@
 """The Gradio UI of tiergate, mounted at `/` of the gateway's FastAPI app (one process, one port).
 
 Layout: a live tier-status table on top (every tab), then the tabs Chat, Presenter and
-Admin. Scripts use `/chat` (gradio_client) or the OpenAI API under `/v1`; every other
-UI handler is private, except the admin ones, which are callable but check the login.
+Admin. Scripts use `/chat` (gradio_client) or the OpenAI API under `/v1`. Every other UI
+handler is private (hidden from the API page) but still reachable with a raw queue call,
+so each one checks on the server what it may do (see `session` and `presenter`).
+
+Files: `gr.mount_gradio_app` never marks the app as launched, and Gradio checks that a
+file named in a request was uploaded through it only for a launched app; without that, a
+raw queue call naming any path on the server made the chat read it. `mount` marks the app
+launched, and `engine.read_upload` checks again before reading anything.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import gradio as gr
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse, Response
 
 from router import routing
-from router.auth import check_login
+from router.auth import LoginLimiter, Throttled
 from router.gateway import Gateway
 
 from . import format as fmt
 from .admin import AdminTab
 from .chat import ChatTab
-from .engine import build_messages, chat_body, stream_answer
-from .presenter import PresenterTab
+from .engine import Sessions, build_messages, chat_body, detached, gradio_event, stream_answer
+from .presenter import CSS as PRESENTER_CSS
+from .presenter import Exports, PresenterTab
 from .status import status_html
 
 STATUS_EVERY = 2.0  # seconds between tier-status refreshes
@@ -59,15 +70,18 @@ NOTE = (
 )
 
 
-def build(gw: Gateway) -> gr.Blocks:
+def build(gw: Gateway, *, limiter: LoginLimiter | None = None, exports: Exports | None = None) -> gr.Blocks:
     """The whole UI; handlers read `gw.cfg` at call time, so a hot-reloaded config applies at once."""
+    limiter = limiter or gw.logins
+    exports = exports or Exports()
+    sessions = Sessions()  # the chat work of every browser session, to cancel it when the page goes
     with gr.Blocks(title="tiergate · Qwen3-VL") as demo:
         gr.Markdown("# tiergate · Qwen3-VL on GPUs that run only when needed", elem_id="tg-title")
         status = gr.HTML("", elem_id="tier-status")
-        session = gr.State(None)  # the admin login of this browser session, kept on the server
-        chat = ChatTab(gw)
-        presenter = PresenterTab(gw, chat, session)
-        admin = AdminTab(gw, session)
+        session = gr.State(None)  # the login of this browser session, kept on the server
+        chat = ChatTab(gw, sessions)
+        presenter = PresenterTab(gw, chat, session, exports)
+        admin = AdminTab(gw, session, limiter)
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("💬 Chat 对话", id="tab-chat", elem_id="tab-chat"):
                 chat.build()
@@ -76,25 +90,26 @@ def build(gw: Gateway) -> gr.Blocks:
             with gr.Tab("🛠 Admin 管理", id="tab-admin", elem_id="tab-admin"):
                 admin.build()
         gr.Markdown(NOTE)
-        _chat_api(gw)
+        _chat_api(gw, sessions)
 
-        chat.wire()
-        presenter.wire(tabs)
+        chat.wire(demo)
+        presenter.wire(tabs, presenter_tab)
         admin.wire()
-        presenter_tab.select(presenter.list, [presenter.query], presenter.listing, api_visibility="private")
         timer = gr.Timer(STATUS_EVERY)
 
         async def refresh() -> str:
             return await status_html(gw)
 
-        timer.tick(refresh, None, status, show_progress="hidden", queue=False, api_visibility="private")
-        demo.load(refresh, None, status, show_progress="hidden", queue=False, api_visibility="private")
+        timer.tick(refresh, None, status, show_progress="hidden", queue=False, api_name="status_tick",
+                   api_visibility="private")
+        demo.load(refresh, None, status, show_progress="hidden", queue=False, api_name="status_load",
+                  api_visibility="private")
         admin.wire_page_load(demo)
     demo.queue(default_concurrency_limit=None)  # the gateway queues per tier itself
     return demo
 
 
-def _chat_api(gw: Gateway) -> None:
+def _chat_api(gw: Gateway, sessions: Sessions) -> None:
     """`/chat` for scripts: text, files, mode, task in; the growing answer and its meta out."""
     default_mode = gw.cfg.routing.default_mode
     with gr.Column(visible=False):
@@ -107,7 +122,8 @@ def _chat_api(gw: Gateway) -> None:
         trigger = gr.Button("chat")
 
     async def chat(
-        text: str, files: list[str] | None = None, mode: str = default_mode, task: str = "auto"
+        text: str, files: list[str] | None = None, mode: str = default_mode, task: str = "auto",
+        request: gr.Request = None,  # type: ignore[assignment] - filled in by Gradio, not part of the API
     ) -> AsyncIterator[tuple[str, dict]]:
         """Ask one question (with optional images/videos); yields (answer so far, meta).
 
@@ -115,40 +131,94 @@ def _chat_api(gw: Gateway) -> None:
         at the end it is {"tier", "gpu", "task", "cache", "wait_ms", "seconds", "cost", "fallback_reason"}.
         """
         paths = list(files or [])
+        labels: dict[str, str] = {}
+        session, alive = gradio_event()
 
         def body() -> dict:
-            return chat_body(build_messages([], text or "", paths), mode, task)
+            return chat_body(build_messages([], text or "", paths, labels), mode, task)
 
-        async for u in stream_answer(gw, body):
-            if u.kind == "progress":
-                yield "", {"waiting": u.progress}
-            elif u.kind == "error":
-                raise gr.Error(u.note, title="tiergate")
-            else:
-                yield u.text, fmt.meta_dict(u.meta) if u.meta else {}
+        source = stream_answer(gw, body, labels)
+        key = session or getattr(request, "session_hash", "") or ""
+        async with contextlib.aclosing(detached(source, sessions, key, alive)) as batches:
+            async for updates in batches:
+                for u in updates:
+                    if u.kind == "error":
+                        raise gr.Error(u.note, title="tiergate")
+                shown = [u for u in updates if u.kind != "routed"]
+                if not shown:
+                    continue
+                u = shown[-1]
+                if u.kind == "progress":
+                    yield "", {"waiting": u.progress}
+                else:
+                    yield u.text, fmt.meta_dict(u.meta) if u.meta else {}
 
     trigger.click(chat, [text, files, mode, task], [answer, meta], api_name="chat", concurrency_limit=None,
                   show_progress="hidden")
 
 
+# The address a login came from, for Gradio's own `/login` route (whose auth callback is not given the request).
+_client: ContextVar[str] = ContextVar("tiergate_client", default="unknown")
+
+
+class _ClientAddress:
+    """Remembers each request's client address for the login callback (pure ASGI: same task, same context)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http":
+            client = scope.get("client")
+            _client.set(str(client[0]) if client else "unknown")
+        await self.app(scope, receive, send)
+
+
 def mount(app: FastAPI, gateway: Gateway) -> FastAPI:
     """Mount the UI at `/` of the gateway app; the API routes registered before it keep precedence."""
-    demo = build(gateway)
+    cfg = gateway.cfg
+    limiter = gateway.logins
+    exports = Exports()
+    demo = build(gateway, limiter=limiter, exports=exports)
+
+    async def download_export(token: str) -> Response:
+        """A presenter export, served once: the link is the credential, and the file is gone afterwards."""
+        found = await asyncio.to_thread(exports.take, token)
+        if found is None:
+            return JSONResponse({"error": {"message": "no such export: it was downloaded already or expired",
+                                           "type": "invalid_request_error", "code": "not_found"}}, status_code=404)
+        data, name = found
+        return Response(data, media_type="application/x-ndjson", headers={
+            "content-disposition": f'attachment; filename="{name}"', "cache-control": "no-store"})
+
+    app.add_api_route("/ui/export/{token}", download_export, methods=["GET"], include_in_schema=False)
+
     auth: Any = None
-    if gateway.cfg.gateway.require_login:
-        def auth(user: str, password: str) -> bool:
-            return check_login(gateway.cfg, user, password)
-    app = gr.mount_gradio_app(
-        app, demo, path="/", css=CSS, theme=gr.themes.Soft(), auth=auth,
-        auth_message="tiergate: log in with an admin user from tiers.toml (or admin / $TIERGATE_ADMIN_TOKEN).",
+    if cfg.gateway.require_login:
+        async def auth(user: str, password: str) -> bool:
+            """Gradio's login page: the same limit as every login, the password checked off the loop."""
+            try:
+                return await limiter.login(gateway.cfg, _client.get(), user, password) is not None
+            except Throttled as exc:
+                raise HTTPException(429, detail=f"Too many failed logins; try again in {exc.retry_after} s.",
+                                    headers={"Retry-After": str(exc.retry_after)}) from None
+
+        app.add_middleware(_ClientAddress)
+    mounted = gr.mount_gradio_app(
+        app, demo, path="/", css=CSS + PRESENTER_CSS, theme=gr.themes.Soft(), auth=auth,
+        auth_message="tiergate: log in with a user from tiers.toml (or admin / $TIERGATE_ADMIN_TOKEN).",
         footer_links=["api", "gradio"], run_history=False, show_error=True,
+        max_file_size=max(cfg.gateway.max_image_size, cfg.gateway.max_video_size),
     )
-    app.state.session_check = _session_check(app)
-    return app
+    # Gradio accepts a file named in a request only if it was uploaded through it, but checks
+    # that only once the app counts as launched, which a mounted app never does by itself.
+    demo.has_launched = True
+    mounted.state.session_check = _session_check(mounted)
+    return mounted
 
 
 def _session_check(app: FastAPI) -> Callable[[dict[str, str]], str | None]:
-    """The user of a UI login cookie (Gradio keeps its login tokens in the mounted app)."""
+    """The user of a UI login cookie (Gradio keeps its login tokens in the mounted app): the API takes it too."""
     gradio_app = next(r.app for r in app.routes if getattr(r, "path", None) == "" and hasattr(r, "app"))
 
     def check(cookies: dict[str, str]) -> str | None:
