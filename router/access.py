@@ -36,13 +36,14 @@ LOGIN = "open; with `require_login`: an API key, the admin token or a UI login"
 ROUTES: tuple[tuple[str, str, str], ...] = (
     ("POST", "/v1/chat/completions", LOGIN),
     ("GET", "/v1/models", LOGIN),
-    ("GET", "/api/tiers", LOGIN),
+    ("GET", "/api/tiers", f"{LOGIN}; the workers' addresses only with the admin token"),
     ("POST", "/api/tiers/{name}/{action}", f"{ADMIN} (and, with `require_login`, that is the credential)"),
     ("GET", "/api/events", ADMIN),
     ("GET", "/api/config", ADMIN),
     ("PUT", "/api/config", ADMIN),
     ("POST", "/api/instances/{instance_id}/ready", "`Authorization: Bearer $TIERGATE_CALLBACK_TOKEN` (a worker)"),
     ("GET", "/healthz", "public"),
+    ("GET", "/ui/export/{token}", "the link itself: a presenter export's random one-time token (10 minutes)"),
     ("GET", "/metrics", LOGIN),
     ("GET", "/openapi.json", LOGIN),
     ("GET", "/api/docs", LOGIN),
@@ -127,3 +128,7 @@ def routes_markdown() -> str:
     rows = ["| method | route | credential |", "|---|---|---|"]
     rows += [f"| {m} | `{p}` | {c} |" for m, p, c in ROUTES]
     return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m router.access: the route table of docs/security.md
+    print(routes_markdown())

@@ -36,6 +36,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Gradio and gradio_client report usage (with worker URLs) unless told not to.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    # Uploads in a folder of the gateway's own, not the shared /tmp/gradio other users can read.
+    uploads = cfg.data_dir() / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    uploads.chmod(0o700)
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(uploads))
     from .server import serve
 
     return serve(cfg, args.host, args.port, args.log_level, workers=args.workers, access_log=args.access_log)

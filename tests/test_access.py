@@ -23,3 +23,9 @@ def test_every_api_route_has_a_stated_credential() -> None:
 
 def test_docs_security_md_holds_the_route_table_of_the_code() -> None:
     assert routes_markdown() in (ROOT / "docs" / "security.md").read_text(encoding="utf-8")
+
+
+def test_docs_security_md_holds_the_ui_event_table_of_the_code() -> None:
+    from ui.access import current_markdown
+
+    assert current_markdown() in (ROOT / "docs" / "security.md").read_text(encoding="utf-8")

@@ -53,9 +53,20 @@ def test_require_login_closes_every_api_route_without_a_credential(locked, redis
     assert r.json()["error"]["type"] == "authentication_error"
     assert r.headers["www-authenticate"] == "Bearer"
     assert starts(redis_url, "locked") == 0  # nothing was booted for the attacker
-    wrong = httpx.request(method, locked.url + path, json=body, timeout=30, trust_env=False,
-                          headers={"authorization": "Bearer guess"})
-    assert wrong.status_code == 401
+
+
+def test_guessing_a_token_is_locked_out_after_five_tries(locked, redis_url: str) -> None:
+    """Wrong bearer tokens count like failed logins, shared through Redis: the sixth guess is not even compared."""
+    codes = [httpx.get(locked.url + "/api/events", headers={"authorization": f"Bearer guess-{n}"},
+                       trust_env=False).status_code for n in range(7)]
+    assert codes[:5] == [401] * 5 and codes[-1] == 429, codes
+    r = httpx.get(locked.url + "/api/events", headers={"authorization": f"Bearer {ADMIN}"}, trust_env=False)
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1  # even the right one, while locked out
+    key = httpx.get(locked.url + "/v1/models", headers={"authorization": f"Bearer {API_KEY}"}, trust_env=False)
+    assert key.status_code == 200  # API keys are 256 random bits: checked first, never locked out
+    r = redis.Redis.from_url(redis_url)
+    r.delete(*r.keys("tg:login:*"))  # the other tests of this module come from the same address
+    r.close()
 
 
 def test_require_login_leaves_health_and_the_worker_callback_reachable(locked) -> None:

@@ -105,7 +105,7 @@ def test_idle_stop_never_cuts_a_stream(tmp_path: Path, fresh_redis: str, gateway
     assert "stopping" not in kinds(fresh_redis, "slow")  # not stopped while streaming
     wait_for(lambda: gw.tiers()["slow"]["state"] == "stopped", timeout=15, what="idle stop after the stream")
     stop = next(e for e in events(fresh_redis, "slow") if e["event"] == "stopping")
-    assert stop["reason"].startswith("idle for")
+    assert stop["reason"].startswith("idle ")  # an idle stop (the keep-alive follows), not another kind
 
 
 def test_a_request_while_stopping_restarts_the_tier(tmp_path: Path, fresh_redis: str, gateway_factory) -> None:
@@ -136,7 +136,7 @@ def test_boot_timeout_fails_the_tier_and_falls_back(tmp_path: Path, fresh_redis:
     assert "never" in r.headers["x-tiergate-fallback"]
     never = gw.tiers()["never"]
     assert never["state"] == "failed"
-    assert "did not become ready within boot_timeout 2s" in never["reason"]
+    assert "no ready worker after boot_timeout 2 s" in never["reason"]
     assert not listening(port_of(cfg, "never"))  # the hung machine was stopped, not left billing
 
 
@@ -290,7 +290,8 @@ def test_a_prewarm_window_starts_the_tier_and_keeps_it_up(tmp_path: Path, fresh_
     wait_for(lambda: gw.tiers()["morning"]["state"] == "ready", timeout=20, what="pre-warm with no request")
     time.sleep(3)  # three idle timeouts later, still up: not idled out inside its window
     assert gw.tiers()["morning"]["state"] == "ready"
-    assert [e["reason"] for e in events(fresh_redis, "morning") if e["event"] == "starting"] == ["scheduled pre-warm window"]
+    reasons = [e["reason"] for e in events(fresh_redis, "morning") if e["event"] == "starting"]
+    assert len(reasons) == 1 and reasons[0].startswith("scheduled pre-warm window until")
 
 
 def test_two_gateways_from_different_folders_agree_on_a_local_worker(tmp_path: Path, fresh_redis: str,

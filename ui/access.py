@@ -84,3 +84,23 @@ def markdown(config: dict[str, Any]) -> str:
     lines += [f"| `{r['event']}` | {r['visibility']} | {r['who']} | {r['what']} |" for r in event_table(config)]
     lines += [f"| `{route}` (route) | - | {who} | {what} |" for route, (who, what) in ROUTES.items()]
     return "\n".join(lines) + "\n"
+
+
+def current_markdown() -> str:
+    """The table of the UI as the packaged config builds it (no server started, nothing written in place)."""
+    import tempfile
+
+    from router.config import load_config
+    from router.gateway import Gateway
+
+    from .app import build
+
+    cfg = load_config(None)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = cfg.model_copy(update={"gateway": cfg.gateway.model_copy(update={"data_dir": tmp})})
+        demo = build(Gateway(cfg))
+        return markdown(demo.get_config_file())
+
+
+if __name__ == "__main__":  # python -m ui.access: the UI table of docs/security.md
+    print(current_markdown(), end="")
