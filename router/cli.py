@@ -43,7 +43,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRADIO_TEMP_DIR", str(uploads))
     from .server import serve
 
-    return serve(cfg, args.host, args.port, args.log_level, workers=args.workers, access_log=args.access_log)
+    return serve(cfg, args.host, args.port, args.log_level, workers=args.workers, access_log=args.access_log,
+                 ui=not args.no_ui)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -215,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--no-ui", action="store_true", help="serve the HTTP API only, without the Gradio UI")
     p.add_argument("--access-log", action="store_true",
                    help="log one line per HTTP request (off by default: it costs about a tenth of a cache hit)")
     p.add_argument("--workers", type=int, default=1, metavar="N",

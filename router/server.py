@@ -38,10 +38,12 @@ def frontends() -> list:
     return [ep.load() for ep in sorted(entry_points(group="tiergate.frontends"), key=lambda ep: ep.name)]
 
 
-def build_app(cfg: Config, *, ui_via: str = "", pool_token: str = "") -> Front:
-    """The API plus the front-ends, or plus a pass-through to the process that serves them (`ui_via`)."""
+def build_app(cfg: Config, *, ui: bool = True, ui_via: str = "", pool_token: str = "") -> Front:
+    """The API plus the front-ends (unless `ui` is off), or plus a pass-through to the process that serves them."""
     gateway = Gateway(cfg)
     app = create_app(gateway, pool_token)
+    if not ui:
+        return app
     if ui_via:
         from .proxy import mount_proxy
 
@@ -64,22 +66,25 @@ def _server_options() -> dict:
     return opts
 
 
-def serve(cfg: Config, host: str, port: int, log_level: str = "info", workers: int = 1, access_log: bool = False) -> int:
+def serve(
+    cfg: Config, host: str, port: int, log_level: str = "info", workers: int = 1, access_log: bool = False,
+    ui: bool = True,
+) -> int:
     import uvicorn
 
     print(f"tiergate: config {cfg.path}, {len(cfg.tiers)} tiers; http://{host}:{port}/"
           + (f" ({workers} gateway processes)" if workers > 1 else ""), file=sys.stderr)
     if workers <= 1:
-        uvicorn.run(build_app(cfg), host=host, port=port, log_level=log_level, access_log=access_log,
+        uvicorn.run(build_app(cfg, ui=ui), host=host, port=port, log_level=log_level, access_log=access_log,
                     **_server_options())
         return 0
-    return _pool(cfg, host, port, log_level, workers, access_log)
+    return _pool(cfg, host, port, log_level, workers, access_log, ui)
 
 
 # --- several gateway processes on one port --------------------------------------------------
 
 
-def _pool(cfg: Config, host: str, port: int, log_level: str, workers: int, access_log: bool) -> int:
+def _pool(cfg: Config, host: str, port: int, log_level: str, workers: int, access_log: bool, ui: bool) -> int:
     from .redis_server import open_redis
 
     redis = None
@@ -90,7 +95,7 @@ def _pool(cfg: Config, host: str, port: int, log_level: str, workers: int, acces
     ui_socket = str(cfg.data_dir() / f"ui-{os.getpid()}.sock")
     token = secrets.token_hex(16)
     ctx = multiprocessing.get_context("spawn")
-    args = (cfg.path, host, port, log_level, access_log, ui_socket, token, redis_url)
+    args = (cfg.path, host, port, log_level, access_log, ui, ui_socket, token, redis_url)
     procs = {i: ctx.Process(target=_child, args=(i, *args), name=f"tiergate-{i}") for i in range(workers)}
     stopping = False
 
@@ -127,8 +132,8 @@ def _pool(cfg: Config, host: str, port: int, log_level: str, workers: int, acces
     return 0
 
 
-def _child(index: int, config_path: str, host: str, port: int, log_level: str, access_log: bool, ui_socket: str,
-           token: str, redis_url: str) -> None:
+def _child(index: int, config_path: str, host: str, port: int, log_level: str, access_log: bool, ui: bool,
+           ui_socket: str, token: str, redis_url: str) -> None:
     """One gateway process of the pool; process 0 serves the UI (also on the private socket)."""
     import uvicorn
 
@@ -138,7 +143,9 @@ def _child(index: int, config_path: str, host: str, port: int, log_level: str, a
     os.environ["TIERGATE_REDIS_URL"] = redis_url
     cfg = load_config(config_path or None)
     sockets = [_reuseport(host, port)]
-    if index == 0:
+    if not ui:
+        app = build_app(cfg, ui=False)
+    elif index == 0:
         Path(ui_socket).unlink(missing_ok=True)
         unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         unix.bind(ui_socket)

@@ -170,8 +170,9 @@ class GatewayProc:
 
 
 def start_gateway(
-    config: Path, *, redis_url: str | None = None, env: dict[str, str] | None = None, name: str = "gw"
+    config: Path, *, redis_url: str | None = None, env: dict[str, str] | None = None, name: str = "gw", ui: bool = False
 ) -> GatewayProc:
+    """`tiergate serve` in a process of its own; API only unless the test needs the UI (Gradio takes ~4 s to load)."""
     port = free_port()
     log = config.parent / f"{name}-{port}.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TIERGATE_")}
@@ -181,7 +182,8 @@ def start_gateway(
         full_env["TIERGATE_REDIS_URL"] = redis_url
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "router.cli", "serve", "--config", str(config), "--port", str(port), "--log-level", "warning"],
+            [sys.executable, "-m", "router.cli", "serve", "--config", str(config), "--port", str(port), "--log-level", "warning",
+             *([] if ui else ["--no-ui"])],
             stdout=fh,
             stderr=subprocess.STDOUT,
             env=full_env,

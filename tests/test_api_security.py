@@ -93,7 +93,7 @@ def test_an_api_key_or_the_admin_token_opens_the_api(locked) -> None:
 def test_a_ui_login_cookie_opens_the_api(tmp_path: Path, redis_url: str) -> None:
     """A person logged in to the UI may use the API from the same browser (e.g. the docs page)."""
     cfg = write_config(tmp_path, tier_toml("uilogin", idle="1h"), gateway="require_login = true")
-    gw = start_gateway(cfg, redis_url=redis_url, env={"TIERGATE_ADMIN_TOKEN": ADMIN}, name="uilogin")
+    gw = start_gateway(cfg, redis_url=redis_url, env={"TIERGATE_ADMIN_TOKEN": ADMIN}, name="uilogin", ui=True)
     try:
         with httpx.Client(base_url=gw.url, timeout=30, trust_env=False) as c:
             assert c.get("/api/tiers").status_code == 401

@@ -184,7 +184,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Gat
     slow = hash_password(SLOW_PASSWORD, iterations=SLOW_ITERATIONS)
     path = write_config(tmp, tier_toml(TIER), gateway="require_login = true")
     path.write_text(path.read_text() + f'\n[admin]\nusers = [{{name = "{SLOW_USER}", password_hash = "{slow}"}}]\n')
-    proc = start_gateway(path, redis_url=redis_url, env={"TIERGATE_ADMIN_TOKEN": TOKEN})
+    proc = start_gateway(path, redis_url=redis_url, env={"TIERGATE_ADMIN_TOKEN": TOKEN}, ui=True)
     yield proc
     proc.stop()
 

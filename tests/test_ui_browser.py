@@ -57,7 +57,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Gat
         + [("document", SLOW)]
     )
     proc = start_gateway(write_config(tmp, tiers, routing=routing), redis_url=redis_url,
-                         env={"TIERGATE_ADMIN_TOKEN": TOKEN})
+                         env={"TIERGATE_ADMIN_TOKEN": TOKEN}, ui=True)
     yield proc
     proc.stop()
 

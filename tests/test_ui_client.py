@@ -36,7 +36,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Gat
         for task, tier in (("caption", TIER), ("ocr", BAD), ("grounding", DEAD))
     )
     config = write_config(tmp, tiers, routing=routing)
-    proc = start_gateway(config, redis_url=redis_url, env={"TIERGATE_ADMIN_TOKEN": TOKEN})
+    proc = start_gateway(config, redis_url=redis_url, env={"TIERGATE_ADMIN_TOKEN": TOKEN}, ui=True)
     yield proc
     # Not SIGTERM: every gradio_client keeps a heartbeat stream open and notices close() only at
     # the next heartbeat, so a graceful stop waits 15 s for them; its workers die with it anyway.

@@ -114,7 +114,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Gat
                  'role = "presenter"}]\n')
     config = write_config(tmp, tier_toml(TIER, idle="30s", command=worker_command(boot=0.5)))
     config.write_text(config.read_text() + "\n" + admin)
-    proc = start_gateway(config, redis_url=redis_url, env={"TIERGATE_ADMIN_TOKEN": TOKEN})
+    proc = start_gateway(config, redis_url=redis_url, env={"TIERGATE_ADMIN_TOKEN": TOKEN}, ui=True)
     yield proc
     proc.stop()
 
