@@ -20,7 +20,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from router.auth import LoginLimiter, Throttled, hash_password, login_role, source_key
+from router.auth import LoginLimiter, Throttled, hash_password, source_key
 from router.config import Config, parse_config
 from tests.conftest import GatewayProc, start_gateway, tier_toml, wait_for, write_config
 from tests.test_ui_security import RawGradio
