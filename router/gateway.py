@@ -35,7 +35,7 @@ from .notifier import Notifier
 from .providers import build_providers
 from .redis_server import RedisHandle, open_redis
 from .request import ChatRequest, parse_json
-from .state import State
+from .state import PREFIX, State
 from .supervisor import Supervisor
 
 __all__ = ["Answer", "ChatRequest", "Entry", "Gateway", "Meta", "Progress", "ProgressFn", "parse_json"]
@@ -165,6 +165,26 @@ class Gateway:
     async def daily_costs(self, days: int) -> list[dict]:
         return await status_mod.daily(self.cfg, self.state, self.ledger, days)
 
+    async def idle_policy(self) -> list[dict]:
+        """Per tier: the keep-alive `decide` chose now and why, and the simulator's replay of the last 7 days
+        (the gateway's own trace) under the tier's policy, against always-on and a fixed 5 minutes."""
+        import dataclasses
+
+        from .simulate import rows_from_stream, weekly_saving
+
+        now = time.time()
+        entries = await self.state.redis.xrange(f"{PREFIX}trace", min=f"{int((now - 7 * 86400) * 1000)}-0")
+        rows = await asyncio.to_thread(rows_from_stream, [fields for _, fields in entries])
+        out = []
+        for row in await self.status():
+            tier = self.cfg.tiers[row["name"]]
+            week = await asyncio.to_thread(weekly_saving, rows, tier, now)
+            keep = row["keep_alive"]
+            out.append({"tier": tier.name, "keep_alive": "-" if keep is None else _minutes(keep),
+                        "why": row["keep_reason"] or f"{row['state']}: nothing to keep up",
+                        "week": dataclasses.asdict(week)})
+        return out
+
     async def healthy(self) -> str:
         """'' when the gateway can serve, else what is wrong."""
         try:
@@ -253,6 +273,10 @@ class Gateway:
         for tier in gone:
             self.lifecycle.background(self.lifecycle.retire(tier))
         await self.state.event("*", "config_reloaded", reason=f"{new_cfg.path}: {len(new_cfg.tiers)} tiers")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def build_backends(cfg: Config) -> dict[str, Backend]:

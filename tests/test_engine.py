@@ -171,3 +171,18 @@ async def test_a_hot_reload_applies_limits_timeouts_and_cloud_settings(tmp_path:
             gw.prepare(body)
         assert gw.backends["openai"].timeout == 42
         assert gw.cfg.providers.ecs.region == "cn-shanghai"
+
+
+@pytest.mark.anyio
+async def test_the_dashboard_says_the_keep_alive_and_replays_the_week(tmp_path: Path, fresh_redis: str) -> None:
+    """The admin sees what the policy chose now and why, and what last week cost under it (from the live trace)."""
+    tiers = tier_toml("dash", idle="2m", command=worker_command(boot=0.2), extra='policy = "adaptive"')
+    async with gateway(tmp_path, fresh_redis, tiers, cache="enabled = false") as gw:
+        await gw.answer(gw.prepare({**chat("hello"), "user": "alice"}), asker="user:alice")
+        await gw.ledger.flush()
+        (row,) = await gw.idle_policy()
+        assert row["tier"] == "dash" and row["keep_alive"] == "2.0 min"  # fewer than 10 gaps: the idle_timeout
+        assert "gap" in row["why"] or "idle_timeout" in row["why"]
+        week = row["week"]
+        assert week["requests"] == 1 and week["starts"] == 1
+        assert 0 < week["policy_cost"] < week["always_on_cost"] and week["saving"] > 0

@@ -105,6 +105,9 @@ class AdminTab:
                         self.costs_btn = gr.Button("🔄 Refresh", scale=1)
                     self.summary = gr.Dataframe(interactive=False, label="Per tier over the period",
                                                 elem_id="admin-cost-summary")
+                    self.policy = gr.Dataframe(interactive=False, wrap=True, elem_id="admin-policy",
+                                               label="Idle policy now, and last week replayed through it "
+                                                     "(the simulator on the gateway's own trace) 空闲策略")
                     with gr.Row():
                         self.hours_plot = gr.BarPlot(x="day", y="gpu_hours", color="tier", title="GPU hours per day",
                                                      y_title="GPU hours", height=260)
@@ -155,7 +158,8 @@ class AdminTab:
         return _require_admin(self.gw.cfg, session, request)
 
     def cost_outputs(self) -> list:
-        return [self.summary, self.hours_plot, self.cost_plot, self.starts_plot, self.saving_plot, self.hits_plot]
+        return [self.summary, self.policy, self.hours_plot, self.cost_plot, self.starts_plot, self.saving_plot,
+                self.hits_plot]
 
     # --- login ----------------------------------------------------------------------------
 
@@ -282,4 +286,4 @@ class AdminTab:
     async def costs(self, session: Any, days: int, request: gr.Request) -> tuple:
         self._require(session, request)
         df = await dashboard.daily(self.gw, int(days or 7))
-        return dashboard.summary(df), df, df, df, df, df
+        return dashboard.summary(df), await dashboard.policy(self.gw), df, df, df, df, df

@@ -97,7 +97,11 @@ def build(gw: Gateway, *, limiter: LoginLimiter | None = None, exports: Exports 
         admin.wire()
         timer = gr.Timer(STATUS_EVERY)
 
-        async def refresh() -> str:
+        async def refresh(request: gr.Request) -> str:
+            """The status table, and a sign of life: this page is open (the idle policy keeps its tier up)."""
+            if request.session_hash:
+                with contextlib.suppress(Exception):
+                    await gw.present([f"ui:{request.session_hash}"])
             return await status_html(gw)
 
         timer.tick(refresh, None, status, show_progress="hidden", queue=False, api_name="status_tick",
@@ -137,8 +141,8 @@ def _chat_api(gw: Gateway, sessions: Sessions) -> None:
         def body() -> dict:
             return chat_body(build_messages([], text or "", paths, labels), mode, task)
 
-        source = stream_answer(gw, body, labels)
         key = session or getattr(request, "session_hash", "") or ""
+        source = stream_answer(gw, body, labels, asker=f"ui:{key}" if key else "")
         async with contextlib.aclosing(detached(source, sessions, key, alive)) as batches:
             async for updates in batches:
                 for u in updates:

@@ -245,7 +245,7 @@ class ChatTab:
 
         async def work() -> AsyncIterator[str | None]:
             try:
-                async for u in stream_answer(self.gw, build, labels):
+                async for u in stream_answer(self.gw, build, labels, asker=f"ui:{session}" if session else ""):
                     yield self._apply(run, u, regenerate=regenerate)
             except asyncio.CancelledError:
                 if not turn.get("stopped"):  # cancelled without a Stop: the page or its connection went away
@@ -353,13 +353,18 @@ class ChatTab:
         await self.sessions.cancel(request.session_hash or "", why)
 
     async def unload(self, request: gr.Request) -> None:
-        """The page was closed or reloaded: whatever it was waiting for must not hold a GPU."""
+        """The page was closed or reloaded: whatever it was waiting for must not hold a GPU,
+        and the idle policy no longer waits for this asker's next question."""
         await self.sessions.cancel(request.session_hash or "", "the page was closed")
+        if request.session_hash:
+            await self.gw.gone(f"ui:{request.session_hash}")
 
     def _busy(self, conv: Conversation, request: gr.Request) -> bool:
         return any(status_of(t) in RUNNING for t in conv.turns) or (request.session_hash or "") in self.runs
 
-    async def warm(self, value: dict | None, conv: Conversation, mode: str, task: str, warmed: str) -> str:
+    async def warm(
+        self, value: dict | None, conv: Conversation, mode: str, task: str, warmed: str, request: gr.Request
+    ) -> str:
         """Warm-up on intent: an attached file says a question is coming, so boot its tier now."""
         files = list((value or {}).get("files") or [])
         tiers = self.gw.cfg.tiers
@@ -375,6 +380,7 @@ class ChatTab:
             req = await asyncio.to_thread(self.gw.prepare, body)
         except Exception:  # noqa: BLE001 - a bad file is reported when it is sent, not here
             return key
-        if await self.gw.warm(req, "warm on intent: a user attached a file"):
+        asker = f"ui:{request.session_hash}" if request.session_hash else ""
+        if await self.gw.warm(req, "warm on intent: a user attached a file", asker):
             log.info("warm on intent: starting tier %s", req.tier)
         return key

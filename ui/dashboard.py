@@ -12,6 +12,17 @@ async def daily(gw: Gateway, n_days: int) -> pd.DataFrame:
     return pd.DataFrame(await gw.daily_costs(n_days))
 
 
+async def policy(gw: Gateway) -> pd.DataFrame:
+    """Per tier: the keep-alive in force and why, and what the last 7 days cost under the policy."""
+    rows = [{
+        "tier": p["tier"], "keep-alive now": p["keep_alive"], "why": p["why"],
+        "requests (7 days)": p["week"]["requests"], "always-on cost": p["week"]["always_on_cost"],
+        "cost under the policy": p["week"]["policy_cost"], "fixed 5 min would cost": p["week"]["fixed_5m_cost"],
+        "saved": f"{p['week']['saving']:.2f} ({p['week']['saving_pct']:.0f}%)",
+    } for p in await gw.idle_policy()]
+    return pd.DataFrame(rows)
+
+
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per tier over the whole period, with the cache hit rate and the saving in percent."""
     if df.empty:

@@ -160,14 +160,15 @@ def body_size(body: dict) -> int:
 
 
 async def stream_answer(
-    gateway: Gateway, build: Callable[[], dict], labels: dict[str, str] | None = None
+    gateway: Gateway, build: Callable[[], dict], labels: dict[str, str] | None = None, asker: str = ""
 ) -> AsyncIterator[Update]:
     """Prepare, wait for the tier (reporting progress), then stream the answer text.
 
     `build` is a zero-argument callable returning the request body; it runs in a thread,
     since reading and base64-encoding uploads can be slow. Errors end the stream with an
     `error` update; nothing is raised, so the caller's UI always keeps working. `labels`
-    (filled by `build_messages`) turns API paths in errors into the names the user knows.
+    (filled by `build_messages`) turns API paths in errors into the names the user knows;
+    `asker` names the page (`ui:<session>`) for the idle policy's open-pages signal.
     """
     labels = labels if labels is not None else {}
     try:
@@ -191,7 +192,7 @@ async def stream_answer(
     async def on_progress(p: Progress) -> None:
         progress.put_nowait(p)
 
-    task = asyncio.create_task(gateway.answer(req, on_progress))
+    task = asyncio.create_task(gateway.answer(req, on_progress, asker))
     chunks: AsyncIterator[bytes] | None = None
     text = ""
     try:

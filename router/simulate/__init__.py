@@ -34,7 +34,7 @@ from .report import (
     summary,
     write_outputs,
 )
-from .savings import weekly_saving
+from .savings import rows_from_stream, weekly_saving
 from .synthetic import CLOSE_SHARE, SYNTHETIC, SYNTHETIC_START, synthetic
 from .trace import (
     Request,
@@ -51,11 +51,44 @@ from .trace import (
 )
 
 __all__ = [
-    "BEST_FIXED_GRID", "CLOSE_SHARE", "FIXED_BASELINE_IDLE", "METRICS", "SYNTHETIC", "SYNTHETIC_START", "Outcome",
-    "Replay", "Request", "Row", "TierRun", "TierSim", "TraceError", "add_arguments", "add_export_arguments",
-    "best_fixed", "export_trace", "format_table", "live_boots", "make_replay", "parse_time", "parse_trace",
-    "percentile", "play", "play_tier", "read_trace", "route", "run", "run_export", "service_seconds", "simulate",
-    "single_machine_tier", "summary", "synthetic", "weekly_saving", "write_outputs", "write_trace",
+    "BEST_FIXED_GRID",
+    "CLOSE_SHARE",
+    "FIXED_BASELINE_IDLE",
+    "METRICS",
+    "SYNTHETIC",
+    "SYNTHETIC_START",
+    "Outcome",
+    "Replay",
+    "Request",
+    "Row",
+    "TierRun",
+    "TierSim",
+    "TraceError",
+    "add_arguments",
+    "add_export_arguments",
+    "best_fixed",
+    "export_trace",
+    "format_table",
+    "live_boots",
+    "make_replay",
+    "parse_time",
+    "parse_trace",
+    "percentile",
+    "play",
+    "play_tier",
+    "read_trace",
+    "route",
+    "rows_from_stream",
+    "run",
+    "run_export",
+    "service_seconds",
+    "simulate",
+    "single_machine_tier",
+    "summary",
+    "synthetic",
+    "weekly_saving",
+    "write_outputs",
+    "write_trace",
 ]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
