@@ -85,10 +85,11 @@ def test_streamed_miss_then_streamed_hit(gw) -> None:
 
 def test_cache_bypass_and_mode_routing(gw) -> None:
     with gw.client() as c:
-        r = c.post("/v1/chat/completions", json=chat("hello", tiergate={"cache": False, "mode": "quality"}))
-        again = c.post("/v1/chat/completions", json=chat("hello", tiergate={"cache": False, "mode": "quality"}))
-        pinned = c.post("/v1/chat/completions", json={**chat("hello"), "model": "best"})
-        ocr = c.post("/v1/chat/completions", json=chat("Please extract the text", tiergate={"mode": "quality"}))
+        short = {"max_tokens": 4}  # the `best` worker writes 20 tokens a second
+        r = c.post("/v1/chat/completions", json=chat("hello", tiergate={"cache": False, "mode": "quality"}, **short))
+        again = c.post("/v1/chat/completions", json=chat("hello", tiergate={"cache": False, "mode": "quality"}, **short))
+        pinned = c.post("/v1/chat/completions", json={**chat("hello", **short), "model": "best"})
+        ocr = c.post("/v1/chat/completions", json=chat("Please extract the text", tiergate={"mode": "quality"}, **short))
     assert r.headers["x-tiergate-cache"] == again.headers["x-tiergate-cache"] == "bypass"
     assert r.headers["x-tiergate-tier"] == "best"
     assert pinned.headers["x-tiergate-tier"] == "best"
@@ -98,8 +99,8 @@ def test_cache_bypass_and_mode_routing(gw) -> None:
 def test_identical_concurrent_requests_are_forwarded_once(gw) -> None:
     async def herd() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=gw.url, timeout=60, trust_env=False) as c:
-            await c.post("/v1/chat/completions", json={**chat("warm up"), "model": "best"})
-            body = {**chat("the same question"), "model": "best"}
+            await c.post("/v1/chat/completions", json={**chat("warm up", max_tokens=2), "model": "best"})
+            body = {**chat("the same question", max_tokens=12), "model": "best"}  # 0.6 s: the others arrive meanwhile
             return await asyncio.gather(*(c.post("/v1/chat/completions", json=body) for _ in range(10)))
 
     responses = asyncio.run(herd())
@@ -109,7 +110,7 @@ def test_identical_concurrent_requests_are_forwarded_once(gw) -> None:
 
 
 def test_an_interrupted_stream_is_not_cached(gw) -> None:
-    body = {**chat("cut me off", stream=True), "model": "best"}
+    body = {**chat("cut me off", stream=True, max_tokens=30), "model": "best"}  # 1.5 s at 20 tokens a second
     with gw.client() as c:
         with c.stream("POST", "/v1/chat/completions", json=body) as r:
             next(r.iter_bytes())  # read a little, then hang up

@@ -246,7 +246,7 @@ def test_config_hot_reload_drains_and_stops_a_removed_tier(tmp_path: Path, fresh
     original = cfg.read_text()
     gone_port = port_of(cfg, "gone")
     with gw.client() as c:
-        assert c.post("/v1/chat/completions", json={**chat("warm"), "model": "gone"}).status_code == 200
+        assert c.post("/v1/chat/completions", json={**chat("warm", max_tokens=2), "model": "gone"}).status_code == 200
 
         broken = original.replace('price_per_hour = 1.0', 'price_per_hour = "cheap"', 1)
         r = c.put("/api/config", content=broken, headers=auth)
@@ -255,7 +255,8 @@ def test_config_hot_reload_drains_and_stops_a_removed_tier(tmp_path: Path, fresh
         assert cfg.read_text() == original  # nothing half-written
 
         # a stream is in flight on `gone` while the config that removes it is saved
-        with c.stream("POST", "/v1/chat/completions", json={**chat("long one", stream=True), "model": "gone"}) as s:
+        long_one = {**chat("long one", stream=True, max_tokens=15), "model": "gone"}  # 1.5 s at 10 tokens a second
+        with c.stream("POST", "/v1/chat/completions", json=long_one) as s:
             new_text = original[: original.index("[tiers.gone]")]
             assert c.put("/api/config", content=new_text, headers=auth).status_code == 200
             body = "".join(s.iter_text())
@@ -288,7 +289,7 @@ def test_a_prewarm_window_starts_the_tier_and_keeps_it_up(tmp_path: Path, fresh_
     cfg = write_config(tmp_path, tier_toml("morning", idle="1s", extra=extra), cache="enabled = false")
     gw = gateway_factory(cfg, redis_url=fresh_redis)
     wait_for(lambda: gw.tiers()["morning"]["state"] == "ready", timeout=20, what="pre-warm with no request")
-    time.sleep(3)  # three idle timeouts later, still up: not idled out inside its window
+    time.sleep(2.5)  # two idle timeouts and more later, still up: not idled out inside its window
     assert gw.tiers()["morning"]["state"] == "ready"
     reasons = [e["reason"] for e in events(fresh_redis, "morning") if e["event"] == "starting"]
     assert len(reasons) == 1 and reasons[0].startswith("scheduled pre-warm window until")
