@@ -96,7 +96,8 @@ def test_idle_stop_never_cuts_a_stream(tmp_path: Path, fresh_redis: str, gateway
                        cache="enabled = false")
     gw = gateway_factory(cfg, redis_url=fresh_redis)
     t0 = time.monotonic()
-    with gw.client() as c, c.stream("POST", "/v1/chat/completions", json=chat("tell me", stream=True)) as r:
+    body = chat("tell me", stream=True, max_tokens=30)  # about 3.5 s at 8 tokens a second
+    with gw.client() as c, c.stream("POST", "/v1/chat/completions", json=body) as r:
         assert r.status_code == 200
         body = "".join(r.iter_text())
     took = time.monotonic() - t0

@@ -22,12 +22,12 @@ from tests.conftest import chat, tier_toml, wait_for, worker_command, write_conf
 
 pytest.importorskip("router.simulate", reason="the simulator is not in this tree")
 
-# Offsets in seconds: a burst, a gap shorter than the 3 s idle timeout, then one longer.
-OFFSETS = [0.0, 0.5, 1.0, 2.5, 9.0, 9.5]
+# Offsets in seconds: a burst, a gap shorter than the 2 s idle timeout, then one longer.
+OFFSETS = [0.0, 0.4, 0.8, 2.0, 6.5, 6.9]
 
 
 def test_simulator_agrees_with_the_live_gateway(tmp_path: Path, fresh_redis: str, gateway_factory) -> None:
-    tiers = tier_toml("trust", idle="3s", command=worker_command(boot=1.0)).replace("boot_seconds = 1", "boot_seconds = 1.6")
+    tiers = tier_toml("trust", idle="2s", command=worker_command(boot=1.0)).replace("boot_seconds = 1", "boot_seconds = 1.6")
     cfg = write_config(tmp_path, tiers, cache="enabled = false")
     gw = gateway_factory(cfg, redis_url=fresh_redis)
 
