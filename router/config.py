@@ -253,6 +253,9 @@ class InstanceConfig(_Strict):
     stopped_mode: Literal["StopCharging", "KeepCharging", ""] = ""
     spot: bool = False
     adopt_running: bool = True
+    # How a worker shows it is this instance, not a stranger on the same port: `auto` takes the
+    # stand-in worker's x-tiergate-instance header, else the tier's model in /v1/models (vLLM).
+    identify: Literal["auto", "model", "none"] = "auto"
 
     _secrets = model_validator(mode="before")(_refuse_secrets)
 

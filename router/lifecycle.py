@@ -168,7 +168,7 @@ class Lifecycle:
         """Follow a boot until the worker shows its identity; give it up when `decide` says so."""
         provider = self.provider(inst)
         backend = self.backends[tier.backend]
-        identity = Identity(inst.id, tier.model, getattr(inst, "identify", "auto"))
+        identity = Identity(inst.id, tier.model, inst.identify)
         next_status = 0.0
         seen_up = False
         while True:

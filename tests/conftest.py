@@ -170,7 +170,8 @@ class GatewayProc:
 
 
 def start_gateway(
-    config: Path, *, redis_url: str | None = None, env: dict[str, str] | None = None, name: str = "gw", ui: bool = False
+    config: Path, *, redis_url: str | None = None, env: dict[str, str] | None = None, name: str = "gw", ui: bool = False,
+    workers: int = 1,
 ) -> GatewayProc:
     """`tiergate serve` in a process of its own; API only unless the test needs the UI (Gradio takes ~4 s to load)."""
     port = free_port()
@@ -183,7 +184,7 @@ def start_gateway(
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "router.cli", "serve", "--config", str(config), "--port", str(port), "--log-level", "warning",
-             *([] if ui else ["--no-ui"])],
+             *([] if ui else ["--no-ui"]), "--workers", str(workers)],
             stdout=fh,
             stderr=subprocess.STDOUT,
             env=full_env,

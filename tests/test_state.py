@@ -121,3 +121,12 @@ async def test_a_lost_lock_cancels_the_owners_work(state: State, monkeypatch: py
             acted_after_loss = True
     assert not acted_after_loss
     assert await state.redis.get("tg:lock:t") == "someone-else"  # and ours was not deleted over theirs
+
+
+def test_design_md_holds_the_transition_table_of_the_code() -> None:
+    from pathlib import Path
+
+    from router.machine import table_markdown
+
+    design = (Path(__file__).resolve().parents[1] / "router" / "DESIGN.md").read_text(encoding="utf-8")
+    assert table_markdown() in design
