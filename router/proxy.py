@@ -10,6 +10,7 @@ process 0 can trust it (login throttling counts per client) and nobody outside c
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Mount
 
+UI_START_WAIT = 60.0  # seconds a UI request waits for process 0 to come up (it loads Gradio at start)
 TOKEN_HEADER = "x-tiergate-pool"
 CLIENT_HEADER = "x-tiergate-client"
 POOL_TOKEN, POOL_CLIENT = TOKEN_HEADER.encode(), CLIENT_HEADER.encode()
@@ -35,11 +37,18 @@ def mount_proxy(app: FastAPI, ui_socket: str, token: str) -> FastAPI:
         headers += [(TOKEN_HEADER, token), (CLIENT_HEADER, request.client.host if request.client else "")]
         upstream = client.build_request(request.method, request.url.path, params=request.url.query.encode(),
                                         headers=headers, content=request.stream())
-        try:
-            resp = await client.send(upstream, stream=True)
-        except httpx.HTTPError:
-            return Response("the UI process is starting; retry in a moment", status_code=503,
-                            headers={"Retry-After": "1"})
+        deadline = asyncio.get_running_loop().time() + UI_START_WAIT
+        while True:
+            try:
+                resp = await client.send(upstream, stream=True)
+                break
+            except httpx.ConnectError:  # process 0 is still loading the UI (a few seconds at start): wait for it
+                if asyncio.get_running_loop().time() > deadline:
+                    return Response("the UI process is not answering; retry in a moment", status_code=503,
+                                    headers={"Retry-After": "2"})
+                await asyncio.sleep(0.2)
+            except httpx.HTTPError:
+                return Response("the UI process did not answer", status_code=502)
         out = {k: v for k, v in resp.headers.multi_items() if k.lower() not in HOP_BY_HOP}
 
         async def body() -> AsyncIterator[bytes]:
