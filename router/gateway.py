@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,8 @@ from .redis_server import RedisHandle, open_redis
 from .request import ChatRequest, parse_json
 from .state import PREFIX, State
 from .supervisor import Supervisor
+
+log = logging.getLogger("tiergate.gateway")
 
 __all__ = ["Answer", "ChatRequest", "Entry", "Gateway", "Meta", "Progress", "ProgressFn", "parse_json"]
 
@@ -73,18 +77,23 @@ class Gateway:
         self.supervisor.start()
 
     async def aclose(self) -> None:
-        await self.supervisor.stop()
-        await self.later.drain()
-        await self.cache.flush()
-        await self.lifecycle.shutdown()
-        await self.notifier.aclose()
+        """Stop what dies with this process first (its local workers), then let the rest finish.
+
+        Every step is bounded, so a stuck part (a cloud API, a disk) cannot keep the process from
+        exiting; whatever a step leaves undone is picked up by the next gateway's reconcile.
+        """
+        await _bounded("the supervisor", self.supervisor.stop(), 10)
+        await _bounded("this process's workers", self.lifecycle.shutdown(), 60)
+        await _bounded("pending bookkeeping", self.later.drain(), 15)
+        await _bounded("answers on their way to disk", self.cache.flush(), 15)
+        await _bounded("the notifier", self.notifier.aclose(), 5)
         for b in self.backends.values():
-            await b.aclose()
+            await _bounded("a backend", b.aclose(), 5)
         for p in self.providers.values():
-            await p.aclose()
-        self.cache.close()
+            await _bounded("a provider", p.aclose(), 5)
+        await _bounded("the cache", asyncio.to_thread(self.cache.close), 15)
         if self.redis is not None:
-            await self.redis.aclose()
+            await _bounded("Redis", self.redis.aclose(), 10)
 
     # --- chat ------------------------------------------------------------------------------
 
@@ -273,6 +282,15 @@ class Gateway:
         for tier in gone:
             self.lifecycle.background(self.lifecycle.retire(tier))
         await self.state.event("*", "config_reloaded", reason=f"{new_cfg.path}: {len(new_cfg.tiers)} tiers")
+
+
+async def _bounded(what: str, step: Awaitable, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(step, seconds)
+    except TimeoutError:
+        log.error("shutdown: %s did not finish within %.0fs; going on", what, seconds)
+    except Exception:
+        log.exception("shutdown: %s failed; going on", what)
 
 
 def _minutes(seconds: float) -> str:

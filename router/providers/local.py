@@ -209,6 +209,9 @@ class LocalProvider:
             if _group_alive(rec):
                 self._kill(rec, signal.SIGKILL)
                 killed.append(path.stem)
+                deadline = time.monotonic() + 5
+                while _group_alive(rec) and time.monotonic() < deadline:  # gone before reconcile looks
+                    await asyncio.sleep(0.05)
             path.unlink(missing_ok=True)
         return killed
 
