@@ -20,7 +20,7 @@ from .config import Config, TierConfig
 from .decide import boot_eta
 from .errors import QueueFull, TierTimeout, TierUnavailable
 from .leases import Leases
-from .ledger import Ledger
+from .ledger import GAP_MIN_S, Ledger
 from .lifecycle import Lifecycle
 from .machine import InstanceState as S
 from .notifier import Notifier
@@ -92,12 +92,11 @@ class Admission:
                 got = await self.leases.claim(tier_name, ids, lease, tier.max_inflight_per_instance)
                 if got:
                     served = True
-                    if got.was_idle and not queued:  # a queued request noted its arrival when it joined
-                        self.lifecycle.background(self.ledger.note_arrival(tier_name))
-                    if not queued and (asker or got.was_idle):
-                        self.lifecycle.background(self.ledger.seen(tier_name, asker, got.was_idle))
+                    if not queued:  # a queued request noted its arrival when it joined
+                        burst = got.was_idle and got.idle_ms <= GAP_MIN_S * 1000  # not a new arrival: the same burst
+                        self.ledger.arrival(tier_name, asker, got.idle_ms / 1000 if got.was_idle and not burst else None)
                     elif first_in_queue:  # the first request after a cold start: what the restart cost in waiting
-                        self.lifecycle.background(self.ledger.record_cold_wait(tier_name, time.monotonic() - t0))
+                        self.ledger.cold_wait(tier_name, time.monotonic() - t0)
                     if got.pool_full:
                         self.lifecycle.ensure(tier_name, "every instance is at max_inflight_per_instance",
                                               started_by="scale", scale=True)
@@ -114,9 +113,8 @@ class Admission:
                             headers={"Retry-After": str(max(1, int(tier.boot_seconds)))},
                         )
                     first_in_queue = before == 0
-                    if first_in_queue:  # the first of a herd ends the idle gap; the rest would repeat it
-                        self.lifecycle.background(self.ledger.note_arrival(tier_name))
-                    self.lifecycle.background(self.ledger.seen(tier_name, asker, first_in_queue))
+                    # the first of a herd ends the idle gap (its length is in Redis); the rest are the same burst
+                    self.ledger.arrival(tier_name, asker, -1.0 if first_in_queue else None)
                 view = await self.lifecycle.view(tier)
                 st = view.state
                 failed = view.failed

@@ -27,11 +27,14 @@ LEASE_TTL_MS = 15_000  # a crashed gateway's leases stop counting after this
 STALL_SECONDS = 30.0  # an answer nobody reads for this long no longer holds its machine up
 
 # Lease a ready instance, packing onto the first with room so extras idle out first.
-# KEYS: the tier's instance ids. Returns {instance, url, pool full (0/1), leases before}.
+# KEYS: the tier's instance ids. Returns {instance, url, pool full (0/1), leases before, last activity ms}.
 _CLAIM = f"""
 local now = tonumber(ARGV[1]); local expiry = tonumber(ARGV[2]); local lease = ARGV[3]
 local cap = tonumber(ARGV[4]); local total = 0; local best = nil; local best_n = nil; local first_room = nil
+local last = 0
 for i, id in ipairs(KEYS) do
+  local seen = tonumber(redis.call('HGET', '{PREFIX}inst:' .. id, 'last_active') or '0') or 0
+  if seen > last then last = seen end
   if redis.call('HGET', '{PREFIX}inst:' .. id, 'state') == 'ready' then
     redis.call('ZREMRANGEBYSCORE', '{PREFIX}leases:' .. id, '-inf', now)
     local n = redis.call('ZCARD', '{PREFIX}leases:' .. id)
@@ -45,7 +48,7 @@ if pick == nil then return nil end
 redis.call('ZADD', '{PREFIX}leases:' .. pick, expiry, lease)
 local full = 0
 if first_room == nil then full = 1 end
-return {{pick, redis.call('HGET', '{PREFIX}inst:' .. pick, 'url'), full, total}}
+return {{pick, redis.call('HGET', '{PREFIX}inst:' .. pick, 'url'), full, total, last}}
 """
 
 
@@ -55,6 +58,7 @@ class Claim:
     url: str
     pool_full: bool  # every ready instance is at max_inflight_per_instance
     was_idle: bool  # nothing was in flight on the tier before this request
+    idle_ms: int = 0  # since the tier's last request ended (or it became ready), when it was idle
 
 
 @dataclass
@@ -83,7 +87,8 @@ class Leases:
         if not res:
             return None
         self._held[lease] = _Held(leases_key(res[0]), tier, res[0])
-        return Claim(res[0], res[1] or "", bool(int(res[2])), int(res[3]) == 0)
+        idle = int(res[3]) == 0
+        return Claim(res[0], res[1] or "", bool(int(res[2])), idle, max(0, now - int(res[4])) if idle else 0)
 
     async def release(self, lease: str) -> None:
         """End a request: it stops counting as in flight, and the instance's idle clock restarts now."""

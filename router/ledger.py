@@ -25,6 +25,8 @@ Keys (prefix `tg:`):
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,11 +48,18 @@ ASKERS_KEPT_S = 4 * 3600  # askers older than this say nothing about the next mi
 VISIT_GAP_S = 1800  # an asker back after this long is a new visit
 MAX_VISITS = 20_000  # about four weeks of a busy tier
 MAX_COLD_WAITS = 20
+LEARNT_TTL = 10.0  # seconds decide's history lists are reused before they are read again
 PRESENCE_TTL_MS = 15_000  # a page that stopped reporting for this long is gone
 
 
+@functools.lru_cache(maxsize=64)
+def _day(index: int) -> str:
+    return datetime.fromtimestamp(index * 86_400, UTC).strftime("%Y-%m-%d")
+
+
 def day_of(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
+    """The UTC date of a time in ms (formatted once per day, not on every request)."""
+    return _day(ms // 86_400_000)
 
 
 def day_start_ms(ms: int) -> int:
@@ -92,14 +101,52 @@ class Asker:
     closed: float = 0.0  # epoch s their page closed; 0 while open, or for API callers (unknown)
 
 
+# One arrival at an idle tier: its time, the gap it ends (ARGV[2] >= 0, or -1: from the tier's
+# last request end, kept in Redis), the lists trimmed. KEYS: arrivals, gaps, tier hash.
+_ARRIVAL = f"""
+local t = tonumber(ARGV[1]); local gap = tonumber(ARGV[2]); local gap_min = tonumber(ARGV[3])
+redis.call('LPUSH', KEYS[1], tostring(math.floor(t / 1000)))
+redis.call('LTRIM', KEYS[1], 0, {MAX_ARRIVALS - 1})
+if gap < 0 then
+  local last = tonumber(redis.call('HGET', KEYS[3], 'last_end') or '0') or 0
+  if last > 0 then gap = (t - last) / 1000 end
+end
+if gap > gap_min then
+  redis.call('LPUSH', KEYS[2], string.format('%d:%.3f', math.floor(t / 1000), gap))
+  redis.call('LTRIM', KEYS[2], 0, {MAX_GAPS - 1})
+end
+return 0
+"""
+
+# A request of an asker this process had not seen lately: a new visit if nobody saw them for
+# VISIT_GAP_S (every gateway writes to the same zset). KEYS: askers zset, visits. ARGV: asker, t ms, gap ms.
+_VISIT = f"""
+local seen = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0') or 0
+local t = tonumber(ARGV[2])
+if t - seen > tonumber(ARGV[3]) then
+  redis.call('LPUSH', KEYS[2], tostring(math.floor(t / 1000)))
+  redis.call('LTRIM', KEYS[2], 0, {MAX_VISITS - 1})
+end
+if t > seen then redis.call('ZADD', KEYS[1], t, ARGV[1]) end
+return 0
+"""
+
+
 class Ledger:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
+        self._arrival = redis.register_script(_ARRIVAL)
+        self._visit = redis.register_script(_VISIT)
         # Answered requests are counted in memory and written once a second (`flush`): the
         # answer path does no Redis round trip for bookkeeping (measured: a third of a hit's CPU).
         self._counts: dict[tuple[str, str], int] = {}
         self._askers: dict[tuple[str, str], int] = {}
         self._trace: list[dict[str, str]] = []
+        self._arrivals: list[tuple[str, int, float]] = []  # (tier, ms, gap s or -1)
+        self._visits: list[tuple[str, str, int]] = []  # (tier, asker or '', ms): maybe a new visit
+        self._cold_waits: list[tuple[str, float]] = []
+        self._seen: dict[tuple[str, str], int] = {}  # this process's askers: most requests are no new visit
+        self._learnt: dict[str, tuple[float, tuple]] = {}  # tier -> (monotonic, lists decide reads)
 
     async def epoch(self) -> int:
         key = f"{PREFIX}epoch"
@@ -163,18 +210,6 @@ class Ledger:
         pipe.ltrim(f"{PREFIX}boots:{tier}", 0, HISTORY - 1)
         await pipe.execute()
 
-    async def note_arrival(self, tier: str) -> None:
-        """An arrival at an idle tier: the gap it ends (adaptive policy) and when (forecasts)."""
-        now = now_ms()
-        last_end = await self.redis.hget(f"{PREFIX}tier:{tier}", "last_end")
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.lpush(f"{PREFIX}arrivals:{tier}", f"{now / 1000:.0f}")
-        pipe.ltrim(f"{PREFIX}arrivals:{tier}", 0, MAX_ARRIVALS - 1)
-        if last_end and (gap := (now - int(last_end)) / 1000) > GAP_MIN_S:
-            pipe.lpush(f"{PREFIX}gaps:{tier}", f"{now / 1000:.0f}:{gap:.3f}")
-            pipe.ltrim(f"{PREFIX}gaps:{tier}", 0, MAX_GAPS - 1)
-        await pipe.execute()
-
     async def history(self, tier: str) -> tuple[list[tuple[float, float]], list[float], list[float]]:
         """(gaps as (end, seconds) newest first, boots newest first, arrivals ascending)."""
         pipe = self.redis.pipeline(transaction=False)
@@ -184,9 +219,34 @@ class Ledger:
         gaps, boots, arrivals = await pipe.execute()
         return [_gap(g) for g in gaps], [float(b) for b in boots], sorted(float(a) for a in arrivals)
 
+    def arrival(self, tier: str, asker: str, gap: float | None) -> None:
+        """A request arrived; `gap`: it ends an idle gap of that many seconds (-1: the length is in Redis),
+        None: the tier was busy or it is the same burst. Written with the next flush."""
+        now = now_ms()
+        if gap is not None:
+            self._arrivals.append((tier, now, gap))
+        if asker:
+            seen = self._seen.get((tier, asker), 0)
+            if now - seen > VISIT_GAP_S * 1000:
+                self._visits.append((tier, asker, now))
+            self._seen[(tier, asker)] = now
+            if len(self._seen) > 100_000:
+                self._seen.clear()  # forgetting costs only a check in Redis
+        elif gap is not None:
+            self._visits.append((tier, "", now))  # unknown caller at an idle tier: counted as a visit
+
+    def cold_wait(self, tier: str, seconds: float) -> None:
+        """How long the first request after a cold start waited (shorter than the boot when warmed on intent)."""
+        self._cold_waits.append((tier, seconds))
+
     async def learnt(self, tier: str) -> History:
-        """Everything `decide` reads about the tier's past, in two round trips."""
-        (gaps, boots, arrivals), (visits, waits) = await self.history(tier), await self.demand(tier)
+        """Everything `decide` reads about the tier's past. The lists change only with arrivals and boots,
+        so they are re-read every LEARNT_TTL seconds (and after this process wrote some); askers each time."""
+        cached = self._learnt.get(tier)
+        if cached is None or time.monotonic() - cached[0] > LEARNT_TTL:
+            (gaps, boots, arrivals), (visits, waits) = await self.history(tier), await self.demand(tier)
+            cached = self._learnt[tier] = (time.monotonic(), (gaps, boots, arrivals, visits, waits))
+        gaps, boots, arrivals, visits, waits = cached[1]
         askers = await self.askers(tier)
         return History(gaps=gaps, boots=boots, arrivals=arrivals, visits=visits, cold_waits=waits,
                        askers=tuple(DecideAsker(a.last_seen, a.present, a.closed) for a in askers))
@@ -198,25 +258,6 @@ class Ledger:
         pipe.lrange(f"{PREFIX}cold_waits:{tier}", 0, MAX_COLD_WAITS - 1)
         visits, waits = await pipe.execute()
         return sorted(float(v) for v in visits), [float(w) for w in waits]
-
-    async def record_cold_wait(self, tier: str, seconds: float) -> None:
-        """How long the first request after a cold start waited (shorter than the boot when warmed on intent)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.lpush(f"{PREFIX}cold_waits:{tier}", f"{seconds:.3f}")
-        pipe.ltrim(f"{PREFIX}cold_waits:{tier}", 0, MAX_COLD_WAITS - 1)
-        await pipe.execute()
-
-    async def seen(self, tier: str, asker: str, idle: bool) -> None:
-        """A request arrived: a new visit when its asker was away (or is unknown and the tier was idle)."""
-        now = now_ms()
-        before = await self.redis.zscore(f"{PREFIX}askers:{tier}", asker) if asker else None
-        pipe = self.redis.pipeline(transaction=False)
-        if (asker and (before is None or now - before > VISIT_GAP_S * 1000)) or (not asker and idle):
-            pipe.lpush(f"{PREFIX}visits:{tier}", f"{now / 1000:.0f}")
-            pipe.ltrim(f"{PREFIX}visits:{tier}", 0, MAX_VISITS - 1)
-        if asker:
-            pipe.zadd(f"{PREFIX}askers:{tier}", {asker: now})
-        await pipe.execute()
 
     async def present(self, askers: Iterable[str]) -> None:
         """These pages are open now (the UI reports its open sessions every few seconds)."""
@@ -275,7 +316,9 @@ class Ledger:
             self._trace.append({k: str(v) for k, v in trace.items()})
 
     async def flush(self) -> None:
-        """Write what `account` gathered, in one round trip (the supervisor calls this every second)."""
+        """Write what `account`, `arrival` and `cold_wait` gathered, in one round trip (every second)."""
+        if self._arrivals or self._visits or self._cold_waits:
+            await self._flush_history()
         if not (self._counts or self._askers or self._trace):
             return
         counts, askers, trace = self._counts, self._askers, self._trace
@@ -294,6 +337,32 @@ class Ledger:
                 self._counts[k] = self._counts.get(k, 0) + n
             self._askers = askers | self._askers
             self._trace = (trace + self._trace)[-TRACE_LENGTH:]
+            raise
+
+    async def _flush_history(self) -> None:
+        arrivals, visits, waits = self._arrivals, self._visits, self._cold_waits
+        self._arrivals, self._visits, self._cold_waits = [], [], []
+        pipe = self.redis.pipeline(transaction=False)
+        for tier, t, gap in arrivals:
+            keys = [f"{PREFIX}arrivals:{tier}", f"{PREFIX}gaps:{tier}", f"{PREFIX}tier:{tier}"]
+            await self._arrival(keys=keys, args=[t, gap, GAP_MIN_S], client=pipe)
+        for tier, asker, t in visits:
+            if asker:
+                await self._visit(keys=[f"{PREFIX}askers:{tier}", f"{PREFIX}visits:{tier}"],
+                                  args=[asker, t, VISIT_GAP_S * 1000], client=pipe)
+            else:
+                pipe.lpush(f"{PREFIX}visits:{tier}", str(t // 1000))
+                pipe.ltrim(f"{PREFIX}visits:{tier}", 0, MAX_VISITS - 1)
+        for tier, seconds in waits:
+            pipe.lpush(f"{PREFIX}cold_waits:{tier}", f"{seconds:.3f}")
+            pipe.ltrim(f"{PREFIX}cold_waits:{tier}", 0, MAX_COLD_WAITS - 1)
+        for tier in {a[0] for a in arrivals} | {v[0] for v in visits} | {w[0] for w in waits}:
+            self._learnt.pop(tier, None)  # this process just changed what decide reads
+        try:
+            await pipe.execute()
+        except Exception:  # Redis away: the next flush tries again
+            self._arrivals, self._visits, self._cold_waits = arrivals + self._arrivals, visits + self._visits, \
+                waits + self._cold_waits
             raise
 
     async def trace(self, **fields: object) -> None:

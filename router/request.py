@@ -172,8 +172,7 @@ def prepare(body: Any, cfg: Config, limits: MediaLimits | None = None) -> ChatRe
     else:
         task, reason = routing.explain(parsed, cfg.routing.long_video_seconds)
     if model == "auto":
-        routes = {t: r.model_dump() for t, r in cfg.routing.tasks.items()} or _default_routes(cfg)
-        tier = routing.pick_tier(routes, task, mode)
+        tier = routing.pick_tier(_routes(cfg), task, mode)
     else:
         tier = model
     tier_cfg = cfg.tiers[tier]
@@ -214,6 +213,19 @@ def _unfit_fallbacks(cfg: Config, tier: TierConfig, body: dict, parsed: ParsedMe
             unfit[name] = problem.message
         name = cfg.tiers[name].fallback
     return unfit
+
+
+_ROUTES: dict[int, dict[str, dict[str, str]]] = {}
+
+
+def _routes(cfg: Config) -> dict[str, dict[str, str]]:
+    """The routing table as plain dicts, made once per config (not on every request)."""
+    found = _ROUTES.get(id(cfg))
+    if found is None:
+        found = {t: r.model_dump() for t, r in cfg.routing.tasks.items()} or _default_routes(cfg)
+        _ROUTES.clear()  # one live config at a time (a reload replaces it)
+        _ROUTES[id(cfg)] = found
+    return found
 
 
 def _default_routes(cfg: Config) -> dict[str, dict[str, str]]:
