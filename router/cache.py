@@ -26,6 +26,8 @@ import diskcache
 
 from .config import CacheConfig
 
+WRITE_EVERY = 0.5  # seconds new answers gather in memory (where repeats already hit) before one write
+
 # Request fields that change what the model says. Everything else (stream, user, ...) does not.
 OUTPUT_PARAMS = (
     "temperature", "top_p", "top_k", "min_p", "max_tokens", "max_completion_tokens", "seed", "stop", "n",
@@ -97,6 +99,7 @@ class ResponseCache:
 
     async def _write(self) -> None:
         loop = asyncio.get_running_loop()
+        await asyncio.sleep(WRITE_EVERY)  # gather a batch: one transaction for many answers, rarely a busy disk
         while self._queue:
             batch, self._queue = self._queue, []
             try:

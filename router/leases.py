@@ -15,6 +15,8 @@ Keys (prefix `tg:`): leases:{instance} zset, queue:{tier} zset, tier:{t} hash (l
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,8 +25,11 @@ import redis.asyncio as aioredis
 
 from .state import PREFIX, leases_key, now_ms, queue_key
 
+log = logging.getLogger("tiergate.leases")
+
 LEASE_TTL_MS = 15_000  # a crashed gateway's leases stop counting after this
 STALL_SECONDS = 30.0  # an answer nobody reads for this long no longer holds its machine up
+RELEASE_BATCH = 0.005  # seconds ended requests gather before their releases are written in one round trip
 
 # Lease a ready instance, packing onto the first with room so extras idle out first.
 # KEYS: the tier's instance ids. Returns {instance, url, pool full (0/1), leases before, last activity ms}.
@@ -75,6 +80,8 @@ class Leases:
         self.gateway_id = gateway_id
         self._claim = redis.register_script(_CLAIM)
         self._held: dict[str, _Held] = {}
+        self._ended: list[tuple[_Held, str, int]] = []
+        self._writing: asyncio.Task | None = None
 
     def new_id(self) -> str:
         return f"{self.gateway_id}:{uuid.uuid4().hex[:16]}"
@@ -91,16 +98,34 @@ class Leases:
         return Claim(res[0], res[1] or "", bool(int(res[2])), idle, max(0, now - int(res[4])) if idle else 0)
 
     async def release(self, lease: str) -> None:
-        """End a request: it stops counting as in flight, and the instance's idle clock restarts now."""
+        """End a request: it stops counting as in flight, and the instance's idle clock restarts now.
+
+        Releases are written together a few milliseconds later (one round trip for all that ended
+        meanwhile, `RELEASE_BATCH`): the lease leaves the heartbeat at once, and the end time
+        written is the real one, so an idle stop waits exactly as long as it should.
+        """
         held = self._held.pop(lease, None)
         if held is None:
             return
-        now = str(now_ms())
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zrem(held.key, lease)
-        pipe.hset(f"{PREFIX}inst:{held.instance}", "last_active", now)
-        pipe.hset(f"{PREFIX}tier:{held.tier}", "last_end", now)
-        await pipe.execute()
+        self._ended.append((held, lease, now_ms()))
+        if self._writing is None or self._writing.done():
+            self._writing = asyncio.get_running_loop().create_task(self._write_releases())
+        await asyncio.shield(self._writing)
+
+    async def _write_releases(self) -> None:
+        await asyncio.sleep(RELEASE_BATCH)
+        while self._ended:
+            ended, self._ended = self._ended, []
+            pipe = self.redis.pipeline(transaction=False)
+            for held, lease, at in ended:
+                pipe.zrem(held.key, lease)
+                pipe.hset(f"{PREFIX}inst:{held.instance}", "last_active", str(at))
+                pipe.hset(f"{PREFIX}tier:{held.tier}", "last_end", str(at))
+            try:
+                await pipe.execute()
+            except Exception:  # Redis away: the leases lapse on their own (LEASE_TTL_MS), nothing stays pinned
+                log.warning("could not write %d released lease(s); they lapse in %ds", len(ended), LEASE_TTL_MS // 1000)
+                raise
 
     def unread(self, lease: str) -> None:
         """The answer's next bytes wait for a consumer (see STALL_SECONDS)."""
