@@ -39,6 +39,7 @@ class Supervisor:
         self.decisions: dict[str, list[Action]] = {}  # tier -> the last pass's actions (for the status view)
         self._checked: dict[str, float] = {}
         self._loops: list[asyncio.Task] = []
+        self._stopping = False
 
     def start(self) -> None:
         self._loops = [asyncio.create_task(self._loop(self.pass_once, EVERY)),
@@ -46,16 +47,21 @@ class Supervisor:
                        asyncio.create_task(self._loop(self.ledger.flush, EVERY))]
 
     async def stop(self) -> None:
-        for t in self._loops:
-            t.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        # Python 3.11's wait_for can swallow a cancel that lands as its inner call finishes
+        # (seen under load); the flag ends the loop at its next turn, and the cancel is repeated.
+        self._stopping = True
+        pending = set(self._loops)
+        while pending:
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
         try:
             await self.ledger.flush()  # the last second's bookkeeping
         except Exception as exc:  # noqa: BLE001 - Redis away at exit: say what is lost
             log.warning("the last second's request counters were not written: %s", exc)
 
     async def _loop(self, fn: Callable[[], Awaitable[None]], every: float) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(every)
             try:
                 await fn()

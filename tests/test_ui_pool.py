@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chro
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProc]:
     """Two gateway processes on the embedded Redis their parent starts (no Redis URL)."""
     tmp = tmp_path_factory.mktemp("pool")
-    proc = start_gateway(write_config(tmp, tier_toml("pooled", idle="1h", command=worker_command(boot=0.5, tps=40))),
+    proc = start_gateway(write_config(tmp, tier_toml("pooled", idle="1h", command=worker_command(boot=0.5, tps=400))),
                          ui=True, workers=2)
     yield proc
     proc.stop()
