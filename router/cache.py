@@ -25,6 +25,8 @@ from typing import Any
 import diskcache
 
 from .config import CacheConfig
+from .errors import BadRequest
+from .messages import walk
 
 WRITE_EVERY = 0.5  # seconds new answers gather in memory (where repeats already hit) before one write
 
@@ -215,23 +217,21 @@ class ResponseCache:
 
 def thumbnail(messages: list[dict]) -> str:
     """A small JPEG of the first data: image (or a video's first frame) in the conversation, as a data: URL (or '')."""
-    for msg in messages:
-        content = msg.get("content")
-        if not isinstance(content, list):
-            continue
-        for part in content:
-            url = _image_url(part)
-            video = "" if url else _video_url(part)
-            if (url or video).startswith("data:") and ";base64," in (url or video):
-                try:
-                    data = base64.b64decode((url or video).split(",", 1)[1])
-                    img = _first_frame(data) if video else _open_image(data)
-                    img.thumbnail((160, 160))
-                    buf = io.BytesIO()
-                    img.convert("RGB").save(buf, "JPEG", quality=80)
-                    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-                except Exception:  # noqa: BLE001 - a thumbnail is a nicety
-                    return ""
+    try:
+        turns = walk(messages)
+    except BadRequest:  # an imported set may hold anything: no thumbnail
+        return ""
+    for media in (m for turn in turns for m in turn.media):
+        if media.url.startswith("data:") and ";base64," in media.url:
+            try:
+                data = base64.b64decode(media.url.split(",", 1)[1])
+                img = _first_frame(data) if media.kind == "video" else _open_image(data)
+                img.thumbnail((160, 160))
+                buf = io.BytesIO()
+                img.convert("RGB").save(buf, "JPEG", quality=80)
+                return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+            except Exception:  # noqa: BLE001 - a thumbnail is a nicety
+                return ""
     return ""
 
 
@@ -251,24 +251,3 @@ def _first_frame(data: bytes) -> Any:
     raise ValueError("no video frame")
 
 
-def _video_url(part: Any) -> str:
-    if not isinstance(part, dict):
-        return ""
-    if part.get("type") == "video_url":
-        v = part.get("video_url")
-        return v.get("url", "") if isinstance(v, dict) else str(v or "")
-    if part.get("type") == "video":
-        v = part.get("video")
-        return str(v or "") if not isinstance(v, dict) else str(v.get("url", ""))
-    return ""
-
-
-def _image_url(part: Any) -> str:
-    if not isinstance(part, dict):
-        return ""
-    if part.get("type") == "image_url":
-        v = part.get("image_url")
-        return v.get("url", "") if isinstance(v, dict) else str(v or "")
-    if part.get("type") == "image":
-        return str(part.get("image") or "")
-    return ""

@@ -164,31 +164,23 @@ class Ledger:
 
     async def close_billing(self, tier: str, inst_id: str, until: int | None = None) -> int:
         """Add an instance's open billing interval to the ledger (split by UTC day); returns its ms."""
-        key = inst_key(inst_id)
-        since = int(await self.redis.hget(key, "billing_since") or 0)
-        if not since:
-            return 0
-        end = until or now_ms()
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, "billing_since", "")
-        pipe.hincrby(f"{PREFIX}ledger:{tier}", "gpu_ms", max(0, end - since))
-        for day, ms in split_by_day(since, end):
-            pipe.hincrby(f"{PREFIX}day:{tier}:{day}", "gpu_ms", ms)
-        await pipe.execute()
-        return max(0, end - since)
+        return await self._close(tier, inst_id, "billing_since", "gpu_ms", until)
 
     async def close_standby(self, tier: str, inst_id: str, until: int | None = None) -> int:
         """End an instance's standby (a cheaper stop that still bills): its ms go to `standby_ms`."""
+        return await self._close(tier, inst_id, "standby_since", "standby_ms", until)
+
+    async def _close(self, tier: str, inst_id: str, since_field: str, total: str, until: int | None) -> int:
         key = inst_key(inst_id)
-        since = int(await self.redis.hget(key, "standby_since") or 0)
+        since = int(await self.redis.hget(key, since_field) or 0)
         if not since:
             return 0
         end = until or now_ms()
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, "standby_since", "")
-        pipe.hincrby(f"{PREFIX}ledger:{tier}", "standby_ms", max(0, end - since))
+        pipe.hset(key, since_field, "")
+        pipe.hincrby(f"{PREFIX}ledger:{tier}", total, max(0, end - since))
         for day, ms in split_by_day(since, end):
-            pipe.hincrby(f"{PREFIX}day:{tier}:{day}", "standby_ms", ms)
+            pipe.hincrby(f"{PREFIX}day:{tier}:{day}", total, ms)
         await pipe.execute()
         return max(0, end - since)
 
