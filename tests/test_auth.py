@@ -249,6 +249,15 @@ def test_healthz_answers_while_a_slow_login_is_checked(gw: GatewayProc, counters
     assert answered >= 5, f"/healthz answered only {answered} time(s) while the password was checked"
 
 
+def test_a_ui_login_cookie_opens_the_api(gw: GatewayProc, counters: None) -> None:
+    """A person logged in to the UI may use the API from the same browser (e.g. the docs page)."""
+    with httpx.Client(base_url=gw.url, timeout=30, trust_env=False) as c:
+        assert c.get("/api/tiers").status_code == 401
+        login = gradio_login(gw, "admin", TOKEN, http=c)
+        assert login.status_code == 200, login.text
+        assert c.get("/api/tiers").status_code == 200  # the login cookie now travels with the client
+
+
 def test_the_limit_lifts_after_the_lockout(gw: GatewayProc, counters: None) -> None:
     for _ in range(5):
         gradio_login(gw, "admin", "another-wrong-guess")
