@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+
+import orjson
 
 
 class SSEReader:
@@ -39,8 +40,10 @@ class SSEReader:
                 self.done = True
                 continue
             try:
-                chunk = json.loads(payload)
-            except ValueError:
+                chunk = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(chunk, dict):
                 continue
             if "error" in chunk:
                 self.error = str(chunk["error"])
@@ -85,7 +88,7 @@ def chunk_bytes(cid: str, model: str, delta: dict, finish_reason: str | None = N
         "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
     }
-    return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
 async def replay(response: dict) -> AsyncIterator[bytes]:

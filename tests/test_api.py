@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import time
 from pathlib import Path
 
 import httpx
@@ -116,6 +117,21 @@ def test_an_interrupted_stream_is_not_cached(gw) -> None:
             next(r.iter_bytes())  # read a little, then hang up
         r2 = c.post("/v1/chat/completions", json={**body, "stream": False})
     assert r2.headers["x-tiergate-cache"] == "miss"
+
+
+def test_a_client_that_hangs_up_mid_stream_releases_the_gpu_at_once(tmp_path: Path, fresh_redis: str,
+                                                                      gateway_factory) -> None:
+    cfg = write_config(tmp_path, tier_toml("slow", idle="1h", command=worker_command(boot=0.3, tps=2)))
+    gw = gateway_factory(cfg, redis_url=fresh_redis)  # 2 tokens a second: an answer streams for many seconds
+    with gw.client() as c:
+        with c.stream("POST", "/v1/chat/completions", json=chat("a long answer", stream=True)) as r:
+            chunks = r.iter_bytes()  # held: dropping it would close the response at once
+            next(chunks)
+            time.sleep(0.5)
+            assert gw.tiers()["slow"]["inflight"] == 1
+        # the worker would stream for another 10 s or more: the lease goes with the client
+        wait_for(lambda: gw.tiers()["slow"]["inflight"] == 0, timeout=5, what="the lease released")
+        assert "broke off" not in gw.output()  # a hang-up is not logged as the worker's fault
 
 
 def test_full_queue_is_a_429_with_retry_after(tmp_path: Path, fresh_redis: str, gateway_factory) -> None:
