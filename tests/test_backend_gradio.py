@@ -19,7 +19,7 @@ from router.backends.gradio import GradioBackend, plain_text, settled
 from router.errors import UpstreamError, WorkerUnreachable
 
 from .asgi_gateway import InProcessGateway
-from .conftest import free_port, wait_for
+from .conftest import free_port, http, wait_for
 
 
 def launch(blocks_factory: Callable[[], Any], port: int) -> Any:
@@ -456,6 +456,6 @@ def test_the_gateway_serves_a_gradio_tier(demo_url: str, tmp_path: Path, redis_u
 
 def _answers(url: str) -> bool:
     try:
-        return httpx.get(url + "/config", timeout=1).status_code == 200
+        return http().get(url + "/config", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False

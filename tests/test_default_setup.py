@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, http, wait_for
 
 
 def _closed(port: int) -> bool:
@@ -38,13 +38,13 @@ def test_serve_on_the_embedded_default(tmp_path: Path) -> None:
         def up() -> bool:
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()
             try:
-                return httpx.get(url + "/healthz", timeout=1, trust_env=False).status_code == 200
+                return http().get(url + "/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
 
         wait_for(up, timeout=90, what="tiergate serve")
         assert (tmp_path / ".tiergate" / "redis.db").exists() or any((tmp_path / ".tiergate").iterdir())
-        tiers = {t["name"]: t for t in httpx.get(url + "/api/tiers", trust_env=False).json()["tiers"]}
+        tiers = {t["name"]: t for t in http().get(url + "/api/tiers").json()["tiers"]}
         assert set(tiers) == {"light", "standard", "heavy"}
         assert {t["state"] for t in tiers.values()} == {"stopped"}  # nothing runs until a request comes
 
