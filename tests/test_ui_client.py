@@ -106,7 +106,7 @@ def test_a_tier_that_cannot_start_falls_back(gw: GatewayProc) -> None:
     waiting = [m["waiting"] for _, m in outputs if isinstance(m, dict) and "waiting" in m]
     # While the fallback is waited for, the wait says why the routed tier was given up (when the
     # fallback is already up there is no wait after it); the final meta always says it.
-    assert all(BAD in w["message"] for w in waiting if w["tier"] == TIER), waiting
+    assert all(BAD in w["fallback"] for w in waiting if w["tier"] == TIER), waiting
     assert "simulated worker" in answer
     assert meta["task"] == "ocr" and meta["tier"] == TIER
     assert BAD in meta["fallback_reason"] and "exited with code 3" in meta["fallback_reason"]

@@ -271,7 +271,8 @@ def _progress_update(gateway: Gateway, p: Progress, elapsed: float, since: float
     gpu = tier.gpu if tier else ""
     eta = None if p.eta is None else max(0.0, p.eta - since)
     info = {"tier": p.tier, "gpu": gpu, "stage": p.stage, "elapsed": round(elapsed, 1),
-            "eta": None if eta is None else round(eta, 1), "position": p.position, "message": p.message or fell_back}
+            "eta": None if eta is None else round(eta, 1), "position": p.position, "message": p.message or fell_back,
+            "fallback": fell_back}  # why the routed tier was given up, for as long as its fallback is waited for
     note = fmt.progress_text(p, gpu, elapsed, eta)
     if fell_back and p.stage != "fallback":
         note = f"↪️ {fell_back}\n\n{note}"

@@ -183,6 +183,11 @@ class LocalProvider:
         if handle and _group_alive(handle):
             return MachineStatus(MachineState.RUNNING)
         proc = self._children.get(inst.id)
+        if proc is not None and proc.returncode is None:
+            # reaped by the child watcher's thread, its exit code not yet handed to the loop (a
+            # loaded machine widens the gap): wait for it, so the reason says how the worker ended
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 1)
         if proc is not None and proc.returncode is not None:
             return MachineStatus(MachineState.STOPPED, detail=self._exit_detail(inst, proc.returncode))
         return MachineStatus(MachineState.STOPPED)
