@@ -118,12 +118,13 @@ class Admission:
                 view = await self.lifecycle.view(tier)
                 st = view.state
                 failed = view.failed
-                if failed is not None and failed.changed_at >= arrived and not await self.state.lock_holder(tier_name):
-                    # the start this request waited for failed (and its owner tried every instance):
-                    # the fallback, or a clear error
-                    return await self._fall_back(tier, failed.reason, on_progress, unfit or {}, asker,
-                                                 (*_tried, tier_name))
-                if st in (S.STOPPED, S.FAILED):
+                if failed is not None and failed.changed_at >= arrived:
+                    # the start this request waited for failed: once its owner has tried every instance
+                    # (the lock is free), the fallback or a clear error; never a start of its own
+                    if not await self.state.lock_holder(tier_name):
+                        return await self._fall_back(tier, failed.reason, on_progress, unfit or {}, asker,
+                                                     (*_tried, tier_name))
+                elif st in (S.STOPPED, S.FAILED):
                     # idempotent: one task per process, and the tier lock makes it one start overall
                     self.lifecycle.ensure(tier_name, "a request arrived")
                 elif st in (S.STARTING, S.STOPPING) and not await self.state.lock_holder(tier_name):
