@@ -58,29 +58,10 @@ def config(tmp: Path, fast: str, slow: str) -> Path:
     """The packaged default's settings (cache on), with static tiers in front of the bench workers."""
     routes = "\n".join(f'[routing.tasks.{t}]\nspeed = "warm"\nbalanced = "warm"\nquality = "warm"'
                        for t in ("caption", "ocr", "document", "grounding", "html", "gui_agent", "video", "long_video"))
-    text = f"""[gateway]
-data_dir = "{tmp / 'data'}"
-
-{routes}
-
-[tiers.warm]
-gpu = "RTX 4090D"
-price_per_hour = 2.8
-model = "bench"
-
-[[tiers.warm.instances]]
-provider = "static"
-url = "{fast}"
-
-[tiers.paced]
-gpu = "RTX 4090D"
-price_per_hour = 2.8
-model = "bench"
-
-[[tiers.paced.instances]]
-provider = "static"
-url = "{slow}"
-"""
+    tiers = "".join(f'\n[tiers.{name}]\ngpu = "RTX 4090D"\nprice_per_hour = 2.8\nmodel = "bench"\n\n'
+                    f'[[tiers.{name}.instances]]\nprovider = "static"\nurl = "{url}"\n'
+                    for name, url in (("warm", fast), ("paced", slow)))
+    text = f'[gateway]\ndata_dir = "{tmp / "data"}"\n\n{routes}\n{tiers}'
     path = tmp / "tiers.toml"
     path.write_text(text)
     return path
